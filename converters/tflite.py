@@ -1,0 +1,80 @@
+"""Keras embedding model -> float32 or full-integer int8 TFLite -> bundle directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemeta.backend import tf
+from edgemeta.bundle import Manifest, write_bundle
+from edgemeta.preprocessing import Preprocessing
+from edgemeta.runtime.interpreter import interpreter_class
+
+QUANTIZATIONS = ("int8", "float32")
+
+
+def to_tflite(model, quantization: str = "int8", representative_images: np.ndarray | None = None,
+              calibration_samples: int = 500, seed: int = 0) -> bytes:
+    """Converts `model` to TFLite bytes.
+
+    `int8` is full-integer quantization (builtins only, int8 input and output), calibrated on up to
+    `calibration_samples` of `representative_images` (preprocessed training images); this is what the
+    Coral Edge TPU and fast Pi kernels need. `float32` is a plain conversion.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}. Received: {quantization!r}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantization == "int8":
+        if representative_images is None or len(representative_images) == 0:
+            raise ValueError("int8 quantization needs representative_images (preprocessed training images). Received: none")
+        expected = tuple(model.input_shape[1:])
+        if tuple(representative_images.shape[1:]) != expected:
+            raise ValueError(f"representative_images must have shape (n, *{expected}). Received: {representative_images.shape}")
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(representative_images), min(calibration_samples, len(representative_images)), replace=False)
+        samples = representative_images[np.sort(pick)].astype(np.float32)
+
+        def representative_dataset():
+            for x in samples:
+                yield [x[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _tensor_quantization(model_bytes: bytes) -> dict[str, Any]:
+    interpreter = interpreter_class()[0](model_content=model_bytes)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def params(d):
+        scale, zero_point = d["quantization"]
+        return {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
+
+    return {"input": params(inp), "output": params(out), "input_dtype": np.dtype(inp["dtype"]).name}
+
+
+def export_bundle(model, directory: str | Path, preprocessing: Preprocessing, quantization: str = "int8",
+                  representative_images: np.ndarray | None = None, metric: str = "squared_euclidean",
+                  provenance: dict[str, Any] | None = None) -> Path:
+    """Converts `model` and writes `directory/model.tflite` + `directory/manifest.json`."""
+    if tuple(model.input_shape[1:]) != preprocessing.input_shape:
+        raise ValueError(
+            f"The model's input shape {tuple(model.input_shape[1:])} does not match the preprocessing's "
+            f"{preprocessing.input_shape}."
+        )
+    model_bytes = to_tflite(model, quantization, representative_images)
+    quant = {"scheme": "full_integer" if quantization == "int8" else "none", **_tensor_quantization(model_bytes)}
+    manifest = Manifest(
+        preprocessing=preprocessing,
+        embedding_size=int(model.output_shape[-1]),
+        metric=metric,
+        quantization=quant,
+        provenance=dict(provenance or {}),
+    )
+    return write_bundle(directory, model_bytes, manifest)

@@ -1,0 +1,22 @@
+"""The single import point for TensorFlow and Keras 2 (tf_keras) in edgemeta.
+
+TensorFlow Model Optimization works only with tf_keras, so every model is built from the `keras`
+exported here. Moving to Keras 3 later is a change to this file alone.
+"""
+
+import os
+
+# Must be set before TensorFlow is first imported, or `tf.keras` resolves to Keras 3.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+if os.environ["TF_USE_LEGACY_KERAS"] != "1":  # pragma: no cover - guards a user override
+    raise RuntimeError(
+        "edgemeta needs Keras 2 (tf_keras) for TensorFlow Model Optimization. "
+        f"Received: TF_USE_LEGACY_KERAS={os.environ['TF_USE_LEGACY_KERAS']!r}; expected '1'."
+    )
+
+__all__ = ["tf", "keras"]

@@ -1,0 +1,126 @@
+"""The bundle: one directory holding `model.tflite` and `manifest.json`, written by the converters and
+read by the runtime. The manifest is versioned; a reader refuses formats it does not know.
+
+Needs only the standard library and numpy, so the board can read it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemeta.preprocessing import Preprocessing
+
+FORMAT = "edgemeta.bundle"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.tflite"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class Manifest:
+    """What a runtime needs to use `model.tflite`, and where it came from."""
+
+    preprocessing: Preprocessing
+    embedding_size: int
+    metric: str = "squared_euclidean"
+    quantization: dict[str, Any] = field(default_factory=dict)
+    model_sha256: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "model_file": MODEL_FILE,
+            "model_sha256": self.model_sha256,
+            "input": {"shape": list(self.preprocessing.input_shape), "dtype": self.quantization.get("input_dtype", "float32")},
+            "preprocessing": self.preprocessing.to_dict(),
+            "embedding_size": self.embedding_size,
+            "metric": self.metric,
+            "quantization": self.quantization,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{source} is not an edgemeta bundle manifest. Received: format={d.get('format')!r}")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{source} has bundle format version {version!r}; this edgemeta reads version "
+                f"{FORMAT_VERSION}. Upgrade edgemeta or re-export the bundle."
+            )
+        return cls(
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            embedding_size=int(d["embedding_size"]),
+            metric=d["metric"],
+            quantization=d.get("quantization", {}),
+            model_sha256=d["model_sha256"],
+            provenance=d.get("provenance", {}),
+            format_version=version,
+        )
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_bundle(directory: str | os.PathLike, model_bytes: bytes, manifest: Manifest) -> Path:
+    """Writes `model.tflite` and `manifest.json` (with the model's sha256) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    _atomic_write(model_path, model_bytes)
+    manifest.model_sha256 = hashlib.sha256(model_bytes).hexdigest()
+    _atomic_write(directory / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    return directory
+
+
+def read_bundle(directory: str | os.PathLike) -> tuple[Path, Manifest]:
+    """Reads and checks a bundle; returns the model path and its manifest.
+
+    Raises a clear error when the directory, a file, or the model's hash is not what the manifest says.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    model_path = directory / MODEL_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Bundle directory not found. Received: {str(directory)!r}")
+    for path in (manifest_path, model_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Not a complete bundle: {path.name} is missing. Received: {str(directory)!r}, "
+                f"expected {MODEL_FILE} and {MANIFEST_FILE} inside it."
+            )
+    with open(manifest_path) as f:
+        try:
+            manifest = Manifest.from_dict(json.load(f), source=str(manifest_path))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"Malformed bundle manifest {str(manifest_path)!r}: {e!r}") from e
+    actual = sha256_of(model_path)
+    if actual != manifest.model_sha256:
+        raise ValueError(
+            f"{model_path} does not match its manifest (corrupt or replaced copy?). "
+            f"Received sha256 {actual}; manifest says {manifest.model_sha256}."
+        )
+    return model_path, manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

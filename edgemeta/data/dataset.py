@@ -1,0 +1,121 @@
+"""An in-memory labelled image set: preprocessed images, class names and each class's group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgemeta.preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class ImageClassDataset:
+    """Images already preprocessed for the model, with per-image class labels.
+
+    `groups[c]` is the group of class `c` (Omniglot: its alphabet) so episodes can be drawn within
+    one group. `raw` keeps each image as a user would hand it to the runtime (an array or a path),
+    so the on-device path can be evaluated on exactly the same images.
+    """
+
+    images: np.ndarray  # float32 (n, H, W, C) in [0, 1]
+    labels: np.ndarray  # int32 (n,) in [0, num_classes)
+    class_names: tuple[str, ...]
+    groups: tuple[str, ...]
+    preprocessing: Preprocessing
+    name: str
+    raw: Sequence[Any] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"images and labels differ in length. Received: {len(self.images)} and {len(self.labels)}")
+        if len(self.class_names) != len(self.groups):
+            raise ValueError("class_names and groups must have one entry per class.")
+        if self.raw is not None and len(self.raw) != len(self.images):
+            raise ValueError("raw must have one entry per image.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageClassDataset(name={self.name!r}, images={len(self)}, classes={self.num_classes}, "
+            f"groups={len(set(self.groups))}, shape={self.images.shape[1:]})"
+        )
+
+    def subset(self, groups: Sequence[str] | None = None, classes: Sequence[int] | None = None) -> "ImageClassDataset":
+        """Keeps the classes in `groups` (by name) or with indices `classes`; classes are renumbered."""
+        if (groups is None) == (classes is None):
+            raise ValueError("Pass exactly one of `groups` or `classes`.")
+        if groups is not None:
+            unknown = sorted(set(groups) - set(self.groups))
+            if unknown:
+                raise ValueError(f"Unknown group(s) {unknown}. Expected some of: {sorted(set(self.groups))}")
+            keep = [c for c in range(self.num_classes) if self.groups[c] in set(groups)]
+        else:
+            keep = sorted(set(int(c) for c in classes))
+            if keep and (keep[0] < 0 or keep[-1] >= self.num_classes):
+                raise ValueError(f"Class indices must be in [0, {self.num_classes}). Received: {list(classes)}")
+        remap = np.full(self.num_classes, -1, np.int64)
+        remap[keep] = np.arange(len(keep))
+        mask = remap[self.labels] >= 0
+        idx = np.flatnonzero(mask)
+        return replace(
+            self,
+            images=self.images[idx],
+            labels=remap[self.labels[idx]].astype(np.int32),
+            class_names=tuple(self.class_names[c] for c in keep),
+            groups=tuple(self.groups[c] for c in keep),
+            raw=None if self.raw is None else [self.raw[i] for i in idx],
+        )
+
+    def with_rotations(self, angles: Sequence[int] = (90, 180, 270)) -> "ImageClassDataset":
+        """Adds each class rotated by `angles` as new classes (in the same group), as in Omniglot
+        meta-training since Santoro et al. 2016. Rotated classes have no raw images."""
+        for a in angles:
+            if a % 90 or not 0 < a < 360:
+                raise ValueError(f"Rotation angles must be 90, 180 or 270. Received: {a}")
+        images, labels = [self.images], [self.labels]
+        names, groups = list(self.class_names), list(self.groups)
+        for a in angles:
+            images.append(np.rot90(self.images, k=a // 90, axes=(1, 2)))
+            labels.append(self.labels + len(names))
+            names += [f"{n}@rot{a}" for n in self.class_names]
+            groups += list(self.groups)
+        return replace(
+            self,
+            images=np.ascontiguousarray(np.concatenate(images)),
+            labels=np.concatenate(labels).astype(np.int32),
+            class_names=tuple(names),
+            groups=tuple(groups),
+            raw=None,
+        )
+
+
+def from_raw(
+    raw: Sequence[Any],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    groups: Sequence[str],
+    preprocessing: Preprocessing,
+    name: str,
+    keep_raw: bool = True,
+) -> ImageClassDataset:
+    """Builds a dataset by preprocessing raw images with the same code the runtime uses."""
+    if len(raw) == 0:
+        raise ValueError(f"Dataset {name!r} has no images.")
+    images = np.stack([preprocessing.one(r) for r in raw]).astype(np.float32)
+    return ImageClassDataset(
+        images=images,
+        labels=np.asarray(labels, np.int32),
+        class_names=tuple(class_names),
+        groups=tuple(groups),
+        preprocessing=preprocessing,
+        name=name,
+        raw=list(raw) if keep_raw else None,
+    )

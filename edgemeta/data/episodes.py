@@ -1,0 +1,121 @@
+"""Seeded tf.data pipelines of N-way K-shot episodes drawn from an `ImageClassDataset`.
+
+An episode is `(support, support_labels, query, query_labels)`: support is class-major (the K shots of
+class 0, then of class 1, ...), labels are episode-local in [0, N). Episode `i` of a sampler depends
+only on `(seed, i)` (stateless random ops), so two samplers with one seed yield the same episodes —
+which is how the Keras model and the on-device runtime are compared on identical tasks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgemeta.backend import tf
+from edgemeta.data.dataset import ImageClassDataset
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes; `within_group=True` keeps each episode inside one group
+    (Omniglot: one alphabet, as in Lake et al.'s one-shot protocol).
+
+    Example:
+        >>> sampler = EpisodeSampler(ds, n_way=5, k_shot=1, n_query=5, seed=0)  # doctest: +SKIP
+        >>> model.fit(sampler.episodes(), steps_per_epoch=100)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: ImageClassDataset,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        within_group: bool = False,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1. Received: {value}")
+        counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+        need = k_shot + n_query
+        if counts.min() < need:
+            worst = int(np.argmin(counts))
+            raise ValueError(
+                f"Every class needs k_shot + n_query = {need} images. Received: class "
+                f"{dataset.class_names[worst]!r} has {counts[worst]}."
+            )
+        group_names = sorted(set(dataset.groups))
+        group_of_class = np.array([group_names.index(g) for g in dataset.groups], np.int32)
+        classes_per_group = np.bincount(group_of_class, minlength=len(group_names))
+        eligible = np.flatnonzero(classes_per_group >= n_way).astype(np.int32)
+        if within_group and len(eligible) == 0:
+            raise ValueError(
+                f"within_group needs a group with at least n_way={n_way} classes. Received: groups with at most "
+                f"{classes_per_group.max()} classes."
+            )
+        if n_way > dataset.num_classes:
+            raise ValueError(f"n_way={n_way} exceeds the dataset's {dataset.num_classes} classes.")
+        self.dataset = dataset
+        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
+        self.within_group, self.seed = bool(within_group), int(seed)
+        table = np.full((dataset.num_classes, counts.max()), -1, np.int32)
+        for c in range(dataset.num_classes):
+            members = np.flatnonzero(dataset.labels == c)
+            table[c, : len(members)] = members
+        self._table = tf.constant(table)
+        self._group_of_class = tf.constant(group_of_class)
+        self._eligible_groups = tf.constant(eligible)
+
+    def _sample(self, index: tf.Tensor):
+        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(self.seed, tf.int64), index]), 3)
+        num_classes = tf.shape(self._table)[0]
+        u = tf.random.stateless_uniform([num_classes], seeds[0])
+        if self.within_group:
+            pick = tf.random.stateless_uniform([], seeds[1], 0, tf.size(self._eligible_groups), tf.int32)
+            u = tf.where(self._group_of_class == self._eligible_groups[pick], u, 2.0)
+        classes = tf.argsort(u)[: self.n_way]
+        rows = tf.gather(self._table, classes)
+        v = tf.random.stateless_uniform(tf.shape(rows), seeds[2])
+        order = tf.argsort(tf.where(rows >= 0, v, 2.0), axis=1)[:, : self.k_shot + self.n_query]
+        chosen = tf.gather(rows, order, batch_dims=1)
+        support = tf.reshape(chosen[:, : self.k_shot], [-1])
+        query = tf.reshape(chosen[:, self.k_shot :], [-1])
+        support_labels = tf.repeat(tf.range(self.n_way), self.k_shot)
+        query_labels = tf.repeat(tf.range(self.n_way), self.n_query)
+        return support, support_labels, query, query_labels
+
+    def indices(self, start: int = 0) -> tf.data.Dataset:
+        """Infinite dataset of `(support_idx, support_labels, query_idx, query_labels)` into the dataset."""
+        return tf.data.Dataset.counter(start).map(self._sample, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def episodes(self, episodes_per_batch: int = 1, max_shift: int = 0, start: int = 0) -> tf.data.Dataset:
+        """Infinite dataset of `((support, support_labels, query), query_labels)` batches, ready for
+        `fit`/`evaluate`. Batching whole episodes lets `tf.distribute` split a batch across replicas
+        without cutting an episode. `max_shift > 0` randomly translates each image by up to that many
+        pixels (training augmentation)."""
+        images = tf.constant(self.dataset.images)
+        seed = self.seed
+
+        def gather(index):
+            support, support_labels, query, query_labels = self._sample(index)
+            s, q = tf.gather(images, support), tf.gather(images, query)
+            if max_shift:
+                aug_seed = tf.random.experimental.stateless_split(tf.stack([tf.constant(~seed, tf.int64), index]), 2)
+                s = random_shift(s, max_shift, aug_seed[0])
+                q = random_shift(q, max_shift, aug_seed[1])
+            return (s, support_labels, q), query_labels
+
+        ds = tf.data.Dataset.counter(start).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(episodes_per_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
+    """Translates each image of `(n, H, W, C)` by its own random offset in [-max_shift, max_shift],
+    filling with zeros (the background after preprocessing)."""
+    n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    p = int(max_shift)
+    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
+    offsets = tf.random.stateless_uniform([n, 2], seed, 0, 2 * p + 1, tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None, :]
+    cols = offsets[:, 1:] + tf.range(w)[None, :]
+    out = tf.gather(padded, rows, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)

@@ -1,0 +1,29 @@
+"""Embedding backbones built with tf_keras: the models that are exported to the board."""
+
+from __future__ import annotations
+
+from edgemeta.backend import keras
+
+
+def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, blocks: int = 4) -> keras.Model:
+    """The Conv-4 backbone of Vinyals et al. / Snell et al.: `blocks` x [3x3 conv, BN, ReLU, 2x2 max-pool],
+    flattened. On 28x28 inputs with 64 filters it yields a 64-d embedding.
+
+    Example:
+        >>> conv4((28, 28, 1)).output_shape  # doctest: +SKIP
+        (None, 64)
+    """
+    if min(input_shape[:2]) < 2**blocks:
+        raise ValueError(f"Conv-4 with {blocks} pools needs inputs of at least {2**blocks}px. Received: {input_shape}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i in range(blocks):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+        x = keras.layers.MaxPool2D(2, name=f"block{i}_pool")(x)
+    outputs = keras.layers.Flatten(name="embedding")(x)
+    return keras.Model(inputs, outputs, name="conv4")
+
+
+BACKBONES = {"conv4": conv4}

@@ -1,0 +1,155 @@
+"""Turns raw images (arrays or files) into model input, exactly as a bundle's manifest describes.
+
+Training and the on-device runtime share this one function, so what the learner saw during
+meta-training and what the board feeds the model cannot drift apart. Needs numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes a model input of shape `(height, width, channels)` in [0, 1].
+
+    Steps, in order: to float in [0, 1] (uint8 / 255; floats must already be in [0, 1]);
+    to grayscale (ITU-R 601 luma) when `channels == 1`; resize with Pillow (`resample`);
+    invert (`1 - x`) when `invert`, e.g. so that Omniglot's black ink on white becomes 1 on 0.
+    """
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    invert: bool = False
+    resample: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3. Received: {self.channels}")
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}. Received: {self.resample!r}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"height and width must be positive. Received: {self.height}x{self.width}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grayscale": self.channels == 1, "scale": "0..1", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        return cls(**{k: d[k] for k in ("height", "width", "channels", "invert", "resample")})
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """Preprocesses one image or many; returns float32 `(n, height, width, channels)`.
+
+        Accepts a file path, a `(H, W)` or `(H, W, C)` array, a stacked `(N, H, W[, C])` array, or a
+        list of any of these (sizes may differ). Example:
+
+        >>> Preprocessing(28, 28, 1, invert=True)(np.full((105, 105), 255, np.uint8)).shape
+        (1, 28, 28, 1)
+        """
+        return np.stack([self.one(image) for image in as_image_list(images)])
+
+    def one(self, image: Any) -> np.ndarray:
+        """Preprocesses a single image (array or path) to float32 `(height, width, channels)`."""
+        x = _to_unit_float(_load(image))
+        if x.ndim == 3:
+            if x.shape[-1] == 4:  # RGBA: drop alpha
+                x = x[..., :3]
+            if self.channels == 1 and x.shape[-1] == 3:
+                x = x @ np.array([0.299, 0.587, 0.114], np.float32)
+            elif x.shape[-1] == 1:
+                x = x[..., 0]
+        if x.ndim == 2:
+            planes = [x] * self.channels
+        else:
+            planes = [x[..., c] for c in range(x.shape[-1])]
+        if x.shape[:2] != (self.height, self.width):
+            size = (self.width, self.height)
+            planes = [
+                np.asarray(Image.fromarray(p.astype(np.float32)).resize(size, _RESAMPLE[self.resample]))
+                for p in planes
+            ]
+        out = np.clip(np.stack(planes, axis=-1), 0.0, 1.0).astype(np.float32)
+        return 1.0 - out if self.invert else out
+
+
+def as_image_list(images: Any) -> list[Any]:
+    """Normalises the accepted input forms to a list of single images, with clear errors."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
+            return [images]
+        if images.ndim in (3, 4):
+            if len(images) == 0:
+                raise ValueError(f"Expected at least one image. Received: an empty array of shape {images.shape}")
+            return list(images)
+        raise ValueError(
+            "Expected an image of shape (H, W) or (H, W, C), or a stack (N, H, W[, C]). "
+            f"Received: an array of shape {images.shape}"
+        )
+    if isinstance(images, Iterable) and not isinstance(images, (bytes, dict)):
+        items = list(images)
+        if not items:
+            raise ValueError("Expected at least one image. Received: an empty sequence")
+        return items
+    raise TypeError(
+        "Expected a file path, a numpy array or a list of them. "
+        f"Received: {type(images).__name__}"
+    )
+
+
+def _load(image: Any) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"Image file not found. Received: {os.fspath(image)!r}")
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
+    if isinstance(image, Image.Image):
+        return np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            "Expected an image of shape (H, W) or (H, W, C) with C in 1, 3, 4. "
+            f"Received: shape {array.shape}"
+        )
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"Expected a non-empty image. Received: shape {array.shape}")
+    return array
+
+
+def _to_unit_float(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ValueError("Expected finite pixel values. Received: an image containing NaN or inf")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                "Float images must be in [0, 1] (or pass uint8 in 0..255). "
+                f"Received: values in [{lo:.3g}, {hi:.3g}]"
+            )
+        return array.astype(np.float32)
+    raise TypeError(f"Expected uint8, bool or float pixels. Received: dtype {array.dtype}")
+

@@ -1,0 +1,10 @@
+"""The TensorFlow-free on-device runtime: a bundle's model, its preprocessing, and few-shot adaptation.
+
+Needs numpy, Pillow and a TFLite interpreter (ai-edge-litert, else tflite_runtime, else tensorflow.lite).
+"""
+
+from edgemeta.runtime.adapter import FewShotAdapter, Prediction
+from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.interpreter import interpreter_class
+
+__all__ = ["Embedder", "FewShotAdapter", "Prediction", "interpreter_class"]

@@ -1,0 +1,145 @@
+"""Meta-trains a learner from a `TrainConfig` and saves a run directory (embedding model + run.json).
+
+This is the one workflow the CLI, the examples, the benchmarks and the preset recipe all call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgemeta.data import ImageClassDataset, load_digits, load_image_folder, load_omniglot
+
+OMNIGLOT_TRAIN = ("Balinese", "Greek", "Japanese_(katakana)", "Korean", "Sanskrit")
+OMNIGLOT_TEST = ("Early_Aramaic", "Latin", "Tagalog")
+EMBEDDING_FILE = "embedding.keras"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved in run.json as provenance."""
+
+    dataset: str = "digits"  # digits | omniglot | folder
+    data_dir: str | None = None  # omniglot zips dir, or the folder of class sub-folders (train)
+    test_dir: str | None = None  # folder dataset: held-out classes
+    train_groups: Sequence[str] | None = None  # omniglot alphabets to meta-train on
+    test_groups: Sequence[str] | None = None  # omniglot alphabets held out
+    train_classes: Sequence[int] | None = None  # digits: classes to meta-train on
+    rotations: bool = False
+    backbone: str = "conv4"
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 5
+    episodes_per_batch: int = 1
+    steps: int = 1000  # total training episodes batches
+    epochs: int = 10  # steps are split into this many epochs (progress, checkpoints, callbacks)
+    learning_rate: float = 1e-3
+    max_shift: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("digits", "omniglot", "folder"):
+            raise ValueError(f"dataset must be 'digits', 'omniglot' or 'folder'. Received: {self.dataset!r}")
+        if self.steps < 1 or self.epochs < 1:
+            raise ValueError(f"steps and epochs must be positive. Received: steps={self.steps}, epochs={self.epochs}")
+
+
+def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDataset | None]:
+    """Returns (meta-train set with optional rotations, held-out test set or None)."""
+    if config.dataset == "omniglot":
+        full = load_omniglot(config.data_dir)
+        train_groups = list(config.train_groups or OMNIGLOT_TRAIN)
+        test_groups = list(config.test_groups if config.test_groups is not None else OMNIGLOT_TEST)
+        train = full.subset(groups=train_groups)
+        test = full.subset(groups=test_groups) if test_groups else None
+    elif config.dataset == "digits":
+        full = load_digits()
+        train_classes = list(config.train_classes if config.train_classes is not None else range(5))
+        train = full.subset(classes=train_classes)
+        rest = [c for c in range(full.num_classes) if c not in set(train_classes)]
+        test = full.subset(classes=rest) if rest else None
+    else:
+        if not config.data_dir:
+            raise ValueError("dataset='folder' needs data_dir: a folder with one sub-folder per class.")
+        from edgemeta.data.omniglot import PREPROCESSING  # noqa: F401  (default grayscale 28x28 for folders)
+        from edgemeta.preprocessing import Preprocessing
+
+        pre = Preprocessing(**config.extra.get("preprocessing", {}))
+        train = load_image_folder(config.data_dir, pre)
+        test = load_image_folder(config.test_dir, pre) if config.test_dir else None
+    if config.rotations:
+        train = train.with_rotations()
+    return train, test
+
+
+def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (), verbose: int | str = "auto",
+          train_set: ImageClassDataset | None = None):
+    """Meta-trains a ProtoNet per `config`; writes `out_dir/embedding.keras` and `out_dir/run.json`.
+
+    Returns `(protonet, train_set, test_set)`. Training runs inside the current `tf.distribute`
+    strategy scope, whatever it is.
+    """
+    from edgemeta.backend import keras, tf
+    from edgemeta.data.episodes import EpisodeSampler
+    from edgemeta.learners import BACKBONES, ProtoNet
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    test_set = None
+    if train_set is None:
+        train_set, test_set = load_split(config)
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
+    sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        net = ProtoNet(BACKBONES[config.backbone](train_set.preprocessing.input_shape))
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
+        net.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    steps_per_epoch = max(1, config.steps // config.epochs)
+    start = time.time()
+    history = net.fit(
+        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift),
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.epochs,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
+    net.backbone.save(out_dir / EMBEDDING_FILE)
+    run = {
+        "config": asdict(config),
+        "learner": "protonet",
+        "metric": ProtoNet.metric,
+        "train_set": {"name": train_set.name, "classes": train_set.num_classes, "images": len(train_set),
+                      "groups": sorted(set(train_set.groups))},
+        "preprocessing": train_set.preprocessing.to_dict(),
+        "train_seconds": round(time.time() - start, 1),
+        "final_train_accuracy": float(history.history["accuracy"][-1]),
+    }
+    (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
+    return net, train_set, test_set
+
+
+def load_run(run_dir: str | Path):
+    """Loads `(embedding_model, run_info)` from a run directory written by `train`."""
+    from edgemeta.backend import keras
+
+    run_dir = Path(run_dir)
+    path = run_dir / EMBEDDING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No trained model in {str(run_dir)!r}: expected {EMBEDDING_FILE} (written by `edgemeta train`).")
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    return keras.models.load_model(path, compile=False), info
