@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates or refreshes .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OMNIGLOT_DIR ?= $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot)
+
+.PHONY: venv demo demo-omniglot test bench preset clean
+
+venv: $(VENV)/.installed
+
+# Re-install when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,device,dev]"
+	touch $@
+
+demo: venv
+	$(BIN)/edgemeta demo --dataset digits --out runs/demo
+
+demo-omniglot: venv
+	$(BIN)/edgemeta demo --dataset omniglot --data-dir $(OMNIGLOT_DIR) --out runs/demo-omniglot
+
+test: venv
+	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q --durations=10
+
+# Real training and speed figures (minutes to an hour on 2 cores); never part of `make test`.
+bench: venv
+	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python benchmarks/omniglot_split.py --out runs/bench
+
+# Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe.
+preset: venv
+	$(BIN)/edgemeta preset omniglot --data-dir $(OMNIGLOT_DIR)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,171 @@
+"""The `edgemeta` command: train, evaluate, export, adapt, preset, demo.
+
+`adapt` needs only the runtime (no TensorFlow); the other commands import it lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+
+def _add_task_args(p: argparse.ArgumentParser, way: int = 5, shot: int = 1, query: int = 5) -> None:
+    p.add_argument("--way", type=int, default=way, help="classes per episode (N)")
+    p.add_argument("--shot", type=int, default=shot, help="support images per class (K)")
+    p.add_argument("--query", type=int, default=query, help="query images per class")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgemeta", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="meta-train a ProtoNet on episodes; writes RUN_DIR")
+    p.add_argument("--out", required=True, help="run directory to write (embedding.keras, run.json)")
+    p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
+    p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
+    p.add_argument("--data-dir", help="Omniglot zip directory, or the training folder of class sub-folders")
+    p.add_argument("--test-dir", help="folder dataset: held-out class sub-folders")
+    p.add_argument("--train-alphabets", nargs="+")
+    p.add_argument("--test-alphabets", nargs="*")
+    p.add_argument("--rotations", action="store_true", default=None, help="add 90/180/270° rotations as classes")
+    _add_task_args(p)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, dest="learning_rate")
+    p.add_argument("--max-shift", type=int, help="random translation augmentation (pixels)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--tensorboard", help="write TensorBoard logs to this directory")
+    p.add_argument("--checkpoints", action="store_true", help="save weights after every epoch in RUN_DIR/checkpoints")
+
+    p = sub.add_parser("evaluate", help="accuracy ± 95%% CI of a run (Keras) or a bundle (runtime) on held-out classes")
+    p.add_argument("path", help="run directory or bundle directory")
+    _add_task_args(p)
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--within-alphabet", action="store_true", help="draw each episode from one alphabet (group)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
+    p.add_argument("--data-dir")
+    p.add_argument("--alphabets", nargs="+", help="held-out Omniglot alphabets (default: the run's test split)")
+
+    p = sub.add_parser("export", help="convert a run to a bundle (model.tflite + manifest.json)")
+    p.add_argument("run", help="run directory written by `edgemeta train`")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--quantization", choices=["int8", "float32"], default="int8")
+    p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
+
+    p = sub.add_parser("preset", help="rebuild a shipped preset bundle from its recipe (train + export)")
+    p.add_argument("name", choices=["omniglot"])
+    p.add_argument("--data-dir", help="Omniglot zip directory")
+    p.add_argument("--out", help="bundle directory (default: inside the installed package)")
+    p.add_argument("--work-dir", default="runs/preset-omniglot")
+
+    p = sub.add_parser("adapt", help="enroll classes from folders and classify image files, on the device")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle")
+    source.add_argument("--preset")
+    p.add_argument("--support", help="folder with one sub-folder of example images per class to enroll")
+    p.add_argument("--state", help="file keeping what was taught (loaded if present, saved after every change)")
+    p.add_argument("--forget", nargs="+", default=[], help="labels to remove")
+    p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.add_argument("images", nargs="*", help="image files to classify")
+
+    p = sub.add_parser("demo", help="the whole path on a dataset, with a Keras vs int8-runtime table")
+    p.add_argument("--dataset", choices=["digits", "omniglot"], default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, help="override the recipe's training steps")
+    p.add_argument("--episodes", type=int, default=600)
+    return parser
+
+
+def _train(args) -> None:
+    from edgemeta.pipeline import RECIPES
+    from edgemeta.training import TrainConfig, train
+
+    base = RECIPES[args.recipe] if args.recipe else TrainConfig(dataset=args.dataset or "digits")
+    mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,
+               "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
+               "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
+               "max_shift": args.max_shift, "seed": args.seed}
+    given = {k: v for k, v in mapping.items() if v is not None}
+    if not args.recipe or any(a.startswith(("--way", "--shot", "--query")) for a in sys.argv):
+        given.update(n_way=args.way, k_shot=args.shot, n_query=args.query)
+    config = replace(base, **given)
+    callbacks = []
+    if args.tensorboard or args.checkpoints:
+        from edgemeta.backend import keras
+
+        if args.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(args.tensorboard))
+        if args.checkpoints:
+            callbacks.append(keras.callbacks.ModelCheckpoint(
+                str(Path(args.out) / "checkpoints" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True))
+    _, train_set, _ = train(config, args.out, callbacks)
+    print(f"Trained on {train_set}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
+
+
+def _adapt(args) -> None:
+    from edgemeta.data.folder import list_image_folder
+    from edgemeta.runtime import FewShotAdapter
+
+    adapter = (FewShotAdapter.from_bundle(args.bundle, state=args.state) if args.bundle
+               else FewShotAdapter.from_preset(args.preset, state=args.state))
+    if args.support:
+        for label, files in list_image_folder(args.support).items():
+            total = adapter.enroll(label, files)
+            print(f"enrolled {label!r}: {len(files)} image(s), {total} shot(s) in total", file=sys.stderr)
+    for label in args.forget:
+        adapter.forget(label)
+        print(f"forgot {label!r}", file=sys.stderr)
+    if args.images:
+        for path, p in zip(args.images, adapter.classify(args.images)):
+            if args.json:
+                print(json.dumps({"image": path, "label": p.label, "distance": p.distance, "score": p.score}))
+            else:
+                print(f"{path}\t{p.label}\tdistance={p.distance:.3f}\tscore={p.score:.3f}")
+    elif not (args.support or args.forget):
+        print(f"Enrolled labels: {adapter.labels}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "evaluate":
+            from edgemeta.pipeline import evaluate_path
+
+            result = evaluate_path(args.path, args.way, args.shot, args.query, args.episodes, args.within_alphabet,
+                                   args.seed, args.dataset, args.data_dir, args.alphabets)
+            print(result)
+        elif args.command == "export":
+            from edgemeta.pipeline import export_run
+
+            path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir)
+            print(f"Bundle written to {path}/")
+            for task, r in measured.items():
+                if "runtime" in r:
+                    print(f"  {task}: Keras float {100 * r['keras_float']['accuracy']:.2f} %, "
+                          f"bundle via runtime {100 * r['runtime']['accuracy']:.2f} ± {100 * r['runtime']['ci95']:.2f} %")
+        elif args.command == "preset":
+            from edgemeta.pipeline import build_preset
+
+            print(f"Preset written to {build_preset(args.name, args.data_dir, args.out, args.work_dir)}/")
+        elif args.command == "adapt":
+            _adapt(args)
+        elif args.command == "demo":
+            from edgemeta.pipeline import run_demo
+
+            print(run_demo(args.dataset, args.data_dir, args.out, args.steps, args.episodes))
+    except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+        print(f"edgemeta {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

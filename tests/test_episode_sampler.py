@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from edgemeta.data import load_digits
+from edgemeta.data.episodes import EpisodeSampler, random_shift
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def take(sampler, n):
+    return list(sampler.indices().take(n).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("n_way, k_shot, n_query", [(5, 1, 5), (3, 4, 2), (10, 5, 15)])
+def test_episode_invariants(digits, n_way, k_shot, n_query):
+    for s_idx, s_lab, q_idx, q_lab in take(EpisodeSampler(digits, n_way, k_shot, n_query, seed=3), 20):
+        assert s_idx.shape == (n_way * k_shot,) and q_idx.shape == (n_way * n_query,)
+        # Class-major episode-local labels 0..N-1.
+        np.testing.assert_array_equal(s_lab, np.repeat(np.arange(n_way), k_shot))
+        np.testing.assert_array_equal(q_lab, np.repeat(np.arange(n_way), n_query))
+        # No image is both support and query, nor used twice.
+        assert len(set(s_idx) | set(q_idx)) == len(s_idx) + len(q_idx)
+        # Each episode label maps to one dataset class, distinct across the episode.
+        true_s, true_q = digits.labels[s_idx], digits.labels[q_idx]
+        classes = [set(true_s[s_lab == c]) | set(true_q[q_lab == c]) for c in range(n_way)]
+        assert all(len(c) == 1 for c in classes)
+        assert len(set().union(*classes)) == n_way
+
+
+def test_same_seed_same_episodes_other_seed_differs(digits):
+    a = take(EpisodeSampler(digits, 5, 1, 5, seed=7), 5)
+    b = take(EpisodeSampler(digits, 5, 1, 5, seed=7), 5)
+    c = take(EpisodeSampler(digits, 5, 1, 5, seed=8), 5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x[0], y[0])
+    assert any(not np.array_equal(x[0], z[0]) for x, z in zip(a, c))
+
+
+def test_episodes_cover_the_classes(digits):
+    seen = set()
+    for s_idx, *_ in take(EpisodeSampler(digits, 3, 1, 1, seed=0), 50):
+        seen |= set(digits.labels[s_idx].tolist())
+    assert seen == set(range(10))
+
+
+def test_within_group_keeps_one_alphabet(omniglot):
+    sampler = EpisodeSampler(omniglot, 20, 1, 2, within_group=True, seed=0)
+    groups_seen = set()
+    for s_idx, *_ in take(sampler, 30):
+        groups = {omniglot.groups[c] for c in omniglot.labels[s_idx]}
+        assert len(groups) == 1
+        groups_seen |= groups
+    assert len(groups_seen) > 1
+
+
+def test_keras_ready_batches_have_images(digits):
+    sampler = EpisodeSampler(digits, 5, 2, 3, seed=0)
+    (support, s_lab, query), q_lab = next(iter(sampler.episodes(episodes_per_batch=4)))
+    assert support.shape == (4, 10, 28, 28, 1) and query.shape == (4, 15, 28, 28, 1)
+    assert s_lab.shape == (4, 10) and q_lab.shape == (4, 15)
+    s_idx = next(iter(sampler.indices()))[0].numpy()
+    np.testing.assert_allclose(support[0].numpy(), digits.images[s_idx])
+
+
+def test_random_shift_translates_without_changing_content():
+    from edgemeta.backend import tf
+
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 3:5, 3:5] = 1.0
+    shifted = random_shift(tf.constant(np.repeat(image, 50, 0)), 2, tf.constant([1, 2], tf.int64)).numpy()
+    assert np.all(shifted.sum(axis=(1, 2, 3)) == 4.0)  # a 2-px shift keeps the blob inside
+    assert len({tuple(np.argwhere(s[..., 0])[0]) for s in shifted}) > 5
+
+
+def test_errors_name_the_problem(digits):
+    with pytest.raises(ValueError, match="n_way must be at least 1. Received: 0"):
+        EpisodeSampler(digits, 0, 1, 1)
+    with pytest.raises(ValueError, match="exceeds the dataset's 10 classes"):
+        EpisodeSampler(digits, 11, 1, 1)
+    with pytest.raises(ValueError, match="needs k_shot \\+ n_query = 300 images"):
+        EpisodeSampler(digits, 5, 150, 150)
+    with pytest.raises(ValueError, match="within_group needs a group with at least n_way=11"):
+        EpisodeSampler(digits, 11, 1, 1, within_group=True)
