@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--max-shift", type=int, help="random translation augmentation (pixels)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=int, help="model input size (default 28)")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                   help="invert images (dark ink on light background -> ink high); default: the dataset's")
     p.add_argument("--tensorboard", help="write TensorBoard logs to this directory")
     p.add_argument("--checkpoints", action="store_true", help="save weights after every epoch in RUN_DIR/checkpoints")
 
@@ -90,7 +93,7 @@ def _train(args) -> None:
     mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
-               "max_shift": args.max_shift, "seed": args.seed}
+               "max_shift": args.max_shift, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
     given = {k: v for k, v in mapping.items() if v is not None}
     if not args.recipe or any(a.startswith(("--way", "--shot", "--query")) for a in sys.argv):
         given.update(n_way=args.way, k_shot=args.shot, n_query=args.query)

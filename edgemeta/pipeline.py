@@ -24,7 +24,8 @@ OMNIGLOT_RECIPE = TrainConfig(
 RECIPES = {
     "omniglot": replace(OMNIGLOT_RECIPE, train_groups=OMNIGLOT_TRAIN + OMNIGLOT_TEST, test_groups=()),
     "omniglot-split": replace(OMNIGLOT_RECIPE, train_groups=OMNIGLOT_TRAIN, test_groups=OMNIGLOT_TEST),
-    "digits": TrainConfig(dataset="digits", n_way=5, k_shot=1, n_query=10, steps=400, epochs=4, max_shift=1),
+    "digits": TrainConfig(dataset="digits", rotations=True, n_way=10, k_shot=1, n_query=10, steps=400, epochs=4,
+                          max_shift=1),
 }
 
 

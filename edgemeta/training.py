@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgemeta.data import ImageClassDataset, load_digits, load_image_folder, load_omniglot
+from edgemeta.data.digits import PREPROCESSING as DIGITS_PREPROCESSING
+from edgemeta.data.omniglot import PREPROCESSING as OMNIGLOT_PREPROCESSING
+from edgemeta.preprocessing import Preprocessing
 
 OMNIGLOT_TRAIN = ("Balinese", "Greek", "Japanese_(katakana)", "Korean", "Sanskrit")
 OMNIGLOT_TEST = ("Early_Aramaic", "Latin", "Tagalog")
@@ -41,7 +44,8 @@ class TrainConfig:
     max_shift: int = 0
     seed: int = 0
     deterministic: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 28  # model input is image_size x image_size
+    invert: bool | None = None  # None: the dataset's default (Omniglot: True, digits/folders: False)
 
     def __post_init__(self) -> None:
         if self.dataset not in ("digits", "omniglot", "folder"):
@@ -52,14 +56,17 @@ class TrainConfig:
 
 def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDataset | None]:
     """Returns (meta-train set with optional rotations, held-out test set or None)."""
+    defaults = {"omniglot": OMNIGLOT_PREPROCESSING, "digits": DIGITS_PREPROCESSING, "folder": Preprocessing()}[config.dataset]
+    pre = replace(defaults, height=config.image_size, width=config.image_size,
+                  invert=defaults.invert if config.invert is None else config.invert)
     if config.dataset == "omniglot":
-        full = load_omniglot(config.data_dir)
+        full = load_omniglot(config.data_dir, preprocessing=pre)
         train_groups = list(config.train_groups or OMNIGLOT_TRAIN)
         test_groups = list(config.test_groups if config.test_groups is not None else OMNIGLOT_TEST)
         train = full.subset(groups=train_groups)
         test = full.subset(groups=test_groups) if test_groups else None
     elif config.dataset == "digits":
-        full = load_digits()
+        full = load_digits(pre)
         train_classes = list(config.train_classes if config.train_classes is not None else range(5))
         train = full.subset(classes=train_classes)
         rest = [c for c in range(full.num_classes) if c not in set(train_classes)]
@@ -67,10 +74,6 @@ def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDatase
     else:
         if not config.data_dir:
             raise ValueError("dataset='folder' needs data_dir: a folder with one sub-folder per class.")
-        from edgemeta.data.omniglot import PREPROCESSING  # noqa: F401  (default grayscale 28x28 for folders)
-        from edgemeta.preprocessing import Preprocessing
-
-        pre = Preprocessing(**config.extra.get("preprocessing", {}))
         train = load_image_folder(config.data_dir, pre)
         test = load_image_folder(config.test_dir, pre) if config.test_dir else None
     if config.rotations:

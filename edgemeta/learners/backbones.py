@@ -5,9 +5,13 @@ from __future__ import annotations
 from edgemeta.backend import keras
 
 
-def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, blocks: int = 4) -> keras.Model:
+def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, blocks: int = 4,
+          bn_momentum: float = 0.9) -> keras.Model:
     """The Conv-4 backbone of Vinyals et al. / Snell et al.: `blocks` x [3x3 conv, BN, ReLU, 2x2 max-pool],
     flattened. On 28x28 inputs with 64 filters it yields a 64-d embedding.
+
+    `bn_momentum=0.9` matches the reference PyTorch implementations (their momentum 0.1): with Keras'
+    default 0.99 the inference statistics lag far behind short episodic training.
 
     Example:
         >>> conv4((28, 28, 1)).output_shape  # doctest: +SKIP
@@ -19,7 +23,7 @@ def conv4(input_shape: tuple[int, int, int] = (28, 28, 1), filters: int = 64, bl
     x = inputs
     for i in range(blocks):
         x = keras.layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{i}_bn")(x)
         x = keras.layers.ReLU(name=f"block{i}_relu")(x)
         x = keras.layers.MaxPool2D(2, name=f"block{i}_pool")(x)
     outputs = keras.layers.Flatten(name="embedding")(x)

@@ -40,6 +40,7 @@ class ProtoNet(keras.Model):
 
     def call(self, inputs, training=None):
         support, support_labels, query = inputs
+        support_labels = tf.cast(support_labels, tf.int32)  # numpy callers pass int64
         batch, n_support, n_query = tf.shape(support)[0], tf.shape(support)[1], tf.shape(query)[1]
         image_shape = tf.shape(support)[2:]
         # One backbone pass over support and query together (one set of BatchNorm batch statistics).

@@ -1,0 +1,64 @@
+"""The `edgemeta` command, run as a real process."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import blank_with_square, run_cli
+
+
+def test_train_export_evaluate_adapt(tmp_path):
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    result = run_cli("train", "--dataset", "digits", "--steps", "20", "--epochs", "1", "--out", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["config"]["steps"] == 20
+
+    result = run_cli("export", run, "--out", bundle, "--episodes", "20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5-way 1-shot: Keras float" in result.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    measured = manifest["provenance"]["measured_accuracy"]["5-way 1-shot"]
+    assert measured["runtime"]["episodes"] == 20 and 0.2 < measured["runtime"]["accuracy"] <= 1.0
+
+    result = run_cli("evaluate", bundle, "--episodes", "20", "--shot", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5-way 5-shot:" in result.stdout and "(20 episodes" in result.stdout
+
+    support = tmp_path / "support"
+    for label, image in (("square", blank_with_square()), ("small", blank_with_square(lo=45, hi=60))):
+        (support / label).mkdir(parents=True)
+        Image.fromarray(image).save(support / label / "a.png")
+    Image.fromarray(blank_with_square(lo=29, hi=71)).save(tmp_path / "query.png")
+    state = tmp_path / "taught.npz"
+    result = run_cli("adapt", "--bundle", bundle, "--support", support, "--state", state, "--json", tmp_path / "query.png")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["label"] == "square"
+    # What was taught persists across invocations; forgetting is persisted too.
+    result = run_cli("adapt", "--bundle", bundle, "--state", state, "--forget", "small")
+    assert result.returncode == 0 and "forgot 'small'" in result.stderr
+    result = run_cli("adapt", "--bundle", bundle, "--state", state)
+    assert "Enrolled labels: ['square']" in result.stdout
+
+
+def test_demo_prints_the_comparison_table(tmp_path):
+    result = run_cli("demo", "--steps", "20", "--episodes", "20", "--out", tmp_path / "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("Keras float32", "TFLite float32", "TFLite int8 (runtime)", "5-way 1-shot", "ms/image"):
+        assert row in result.stdout
+    assert (tmp_path / "demo" / "bundle-int8" / "model.tflite").is_file()
+
+
+def test_errors_are_clear_and_exit_2(tmp_path):
+    result = run_cli("adapt", "--preset", "imagenet", "x.png")
+    assert result.returncode == 2 and "Unknown preset 'imagenet'" in result.stderr
+    result = run_cli("evaluate", tmp_path / "nothing")
+    assert result.returncode == 2 and "No trained model in" in result.stderr
+    result = run_cli("train", "--dataset", "omniglot", "--data-dir", tmp_path, "--steps", "1", "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert "Omniglot files not found" in result.stderr or "download failed" in result.stderr
+    result = run_cli("train", "--dataset", "folder", "--data-dir", tmp_path / "none", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "Image folder not found" in result.stderr
+    (tmp_path / "empty_class").mkdir()
+    result = run_cli("adapt", "--preset", "omniglot", "--support", tmp_path)
+    assert result.returncode == 2 and "empty class folder(s) ['empty_class']" in result.stderr
