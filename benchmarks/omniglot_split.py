@@ -1,0 +1,100 @@
+"""The issue's accuracy figures on the fixed Omniglot split, measured side by side in one run.
+
+Meta-trains the `omniglot-split` recipe (Balinese, Greek, Japanese_(katakana), Korean, Sanskrit with
+rotations), exports float32 and int8 bundles, and on the held-out Early_Aramaic, Latin and Tagalog
+characters reports, on identical episodes:
+- Keras float vs TFLite float32 vs int8 bundle through the TensorFlow-free runtime (raw 105x105 PNG
+  pixels as uint8 into `enroll`/`classify`), 600 episodes per task, 95 % CI;
+- a Lake et al. style one-shot protocol: 20 characters of one alphabet, one drawer's image each
+  enrolled, another drawer's images classified, 20 runs (alphabets with >= 20 characters);
+- model size and per-image latency, int8 vs float32, as ratios.
+
+    python benchmarks/omniglot_split.py --data-dir ../shared/datasets/omniglot --out runs/bench
+    python benchmarks/omniglot_split.py --run runs/bench/run   # reuse a trained run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from converters import export_bundle
+from edgemeta.data.episodes import EpisodeSampler
+from edgemeta.evaluation import evaluate_adapter, evaluate_keras
+from edgemeta.pipeline import RECIPES, per_image_latency_ms
+from edgemeta.runtime import Embedder, FewShotAdapter
+from edgemeta.training import TrainConfig, load_run, load_split, train
+
+
+def lake_protocol(make_adapter, test_set, runs: int = 20, way: int = 20, seed: int = 0) -> dict:
+    """One-shot classification as in Lake et al. (2015): per run, `way` characters of one alphabet, one
+    drawer's image of each enrolled, another drawer's image of each classified. Returns the error rate."""
+    rng = np.random.default_rng(seed)
+    by_class = {c: np.flatnonzero(test_set.labels == c) for c in range(test_set.num_classes)}  # drawer order
+    alphabets = sorted(a for a in set(test_set.groups) if test_set.groups.count(a) >= way)
+    errors = []
+    for r in range(runs):
+        alphabet = alphabets[r % len(alphabets)]
+        classes = rng.choice([c for c in range(test_set.num_classes) if test_set.groups[c] == alphabet], way, replace=False)
+        train_drawer, test_drawer = rng.choice(20, 2, replace=False)
+        adapter = make_adapter()
+        for c in classes:
+            adapter.enroll(str(c), test_set.raw[by_class[c][train_drawer]])
+        predicted = adapter.classify([test_set.raw[by_class[c][test_drawer]] for c in classes])
+        errors.append(np.mean([p.label != str(c) for p, c in zip(predicted, classes)]))
+    return {"error_rate": float(np.mean(errors)), "runs": runs, "way": way, "alphabets": alphabets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="Omniglot zips (default $EDGEMETA_OMNIGLOT_DIR)")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--run", help="reuse a trained run directory instead of training")
+    parser.add_argument("--episodes", type=int, default=600)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.run:
+        backbone, info = load_run(args.run)
+        config = TrainConfig(**{**info["config"], **({"data_dir": args.data_dir} if args.data_dir else {})})
+        train_set, test_set = load_split(config)
+    else:
+        config = replace(RECIPES["omniglot-split"], data_dir=args.data_dir)
+        net, train_set, test_set = train(config, out / "run", verbose=2)
+        backbone = net.backbone
+    embedders = {}
+    for q in ("float32", "int8"):
+        path = export_bundle(backbone, out / f"bundle-{q}", train_set.preprocessing, q, train_set.images,
+                             provenance={"dataset": "omniglot-split", "learner": "protonet"})
+        embedders[q] = Embedder.from_bundle(path)
+    results = {"config": {k: v for k, v in vars(config).items()}, "tasks": {}}
+    for n_way, k_shot, within in ((5, 1, False), (5, 5, False), (20, 1, False), (20, 5, False), (20, 1, True)):
+        sampler = EpisodeSampler(test_set, n_way, k_shot, 5, within_group=within, seed=1)
+        name = f"{n_way}-way {k_shot}-shot" + (" within-alphabet" if within else "")
+        start = time.time()
+        row = {"keras_float": evaluate_keras(backbone, sampler, args.episodes).to_dict()}
+        for q, e in embedders.items():
+            row[f"runtime_{q}"] = evaluate_adapter(lambda e=e: FewShotAdapter(e), sampler, args.episodes).to_dict()
+        results["tasks"][name] = row
+        print(f"{name}: " + ", ".join(f"{k} {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f}" for k, v in row.items())
+              + f"  ({time.time() - start:.0f} s)", flush=True)
+    for q, e in embedders.items():
+        results[f"lake_{q}"] = lake_protocol(lambda e=e: FewShotAdapter(e), test_set)
+        print(f"Lake-style 20-way one-shot, {q} runtime: error {100 * results[f'lake_{q}']['error_rate']:.1f} %")
+    sample = test_set.raw[0]
+    lat = {q: per_image_latency_ms(e, sample, repeats=500) for q, e in embedders.items()}
+    size = {q: (out / f"bundle-{q}" / "model.tflite").stat().st_size for q in embedders}
+    results["size_bytes"], results["latency_ms_per_image"] = size, lat
+    print(f"size: float32 {size['float32'] / 1024:.0f} KB, int8 {size['int8'] / 1024:.0f} KB "
+          f"(int8/float32 = {size['int8'] / size['float32']:.2f})")
+    print(f"latency per raw image (preprocess + invoke, median of 500, 1 image): float32 {lat['float32']:.3f} ms, "
+          f"int8 {lat['int8']:.3f} ms (int8/float32 = {lat['int8'] / lat['float32']:.2f})")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=list) + "\n")
+
+
+if __name__ == "__main__":
+    main()
