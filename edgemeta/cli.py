@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, dest="learning_rate")
-    p.add_argument("--max-shift", type=int, help="random translation augmentation (pixels)")
+    p.add_argument("--max-shift", type=float, help="augmentation: random translation (pixels)")
+    p.add_argument("--max-rotation", type=float, help="augmentation: random rotation (degrees)")
+    p.add_argument("--max-scale", type=float, help="augmentation: random scaling (fraction, e.g. 0.1)")
+    p.add_argument("--max-shear", type=float, help="augmentation: random shear (radians)")
     p.add_argument("--seed", type=int)
     p.add_argument("--image-size", type=int, help="model input size (default 28)")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
@@ -93,7 +96,8 @@ def _train(args) -> None:
     mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
-               "max_shift": args.max_shift, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
+               "max_shift": args.max_shift, "max_rotation": args.max_rotation, "max_scale": args.max_scale,
+               "max_shear": args.max_shear, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
     given = {k: v for k, v in mapping.items() if v is not None}
     if not args.recipe or any(a.startswith(("--way", "--shot", "--query")) for a in sys.argv):
         given.update(n_way=args.way, k_shot=args.shot, n_query=args.query)

@@ -41,7 +41,10 @@ class TrainConfig:
     steps: int = 1000  # total training episodes batches
     epochs: int = 10  # steps are split into this many epochs (progress, checkpoints, callbacks)
     learning_rate: float = 1e-3
-    max_shift: int = 0
+    max_shift: float = 0.0  # augmentation: random affine per image (pixels, degrees, fraction, radians)
+    max_rotation: float = 0.0
+    max_scale: float = 0.0
+    max_shear: float = 0.0
     seed: int = 0
     deterministic: bool = False
     image_size: int = 28  # model input is image_size x image_size
@@ -115,7 +118,8 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     steps_per_epoch = max(1, config.steps // config.epochs)
     start = time.time()
     history = net.fit(
-        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift),
+        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift, max_rotation=config.max_rotation,
+                         max_scale=config.max_scale, max_shear=config.max_shear),
         steps_per_epoch=steps_per_epoch,
         epochs=config.epochs,
         callbacks=list(callbacks),

@@ -10,9 +10,13 @@ from conftest import blank_with_square, run_cli
 
 def test_train_export_evaluate_adapt(tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    result = run_cli("train", "--dataset", "digits", "--steps", "20", "--epochs", "1", "--out", run)
+    result = run_cli("train", "--dataset", "digits", "--steps", "20", "--epochs", "2", "--out", run,
+                     "--tensorboard", tmp_path / "logs", "--checkpoints")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["config"]["steps"] == 20
+    # Keras callbacks work as users expect: TensorBoard event files and one checkpoint per epoch.
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch001.weights.h5", "epoch002.weights.h5"]
 
     result = run_cli("export", run, "--out", bundle, "--episodes", "20")
     assert result.returncode == 0, result.stderr[-3000:]

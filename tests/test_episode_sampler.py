@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgemeta.data import load_digits
-from edgemeta.data.episodes import EpisodeSampler, random_shift
+from edgemeta.data.episodes import EpisodeSampler, random_affine
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,20 @@ def test_keras_ready_batches_have_images(digits):
     np.testing.assert_allclose(support[0].numpy(), digits.images[s_idx])
 
 
-def test_random_shift_translates_without_changing_content():
+def test_random_affine():
     from edgemeta.backend import tf
 
-    image = np.zeros((1, 8, 8, 1), np.float32)
-    image[0, 3:5, 3:5] = 1.0
-    shifted = random_shift(tf.constant(np.repeat(image, 50, 0)), 2, tf.constant([1, 2], tf.int64)).numpy()
-    assert np.all(shifted.sum(axis=(1, 2, 3)) == 4.0)  # a 2-px shift keeps the blob inside
-    assert len({tuple(np.argwhere(s[..., 0])[0]) for s in shifted}) > 5
+    image = np.zeros((1, 16, 16, 1), np.float32)
+    image[0, 6:10, 6:10] = 1.0
+    batch = tf.constant(np.repeat(image, 50, 0))
+    seed = tf.constant([1, 2], tf.int64)
+    np.testing.assert_array_equal(random_affine(batch, seed).numpy(), batch.numpy())  # no parameters: identity
+    shifted = random_affine(batch, seed, max_shift=2).numpy()
+    np.testing.assert_allclose(shifted.sum(axis=(1, 2, 3)), 16.0, rtol=1e-4)  # translation keeps the ink
+    assert len({s.tobytes() for s in shifted}) > 40  # each image gets its own offset
+    np.testing.assert_array_equal(random_affine(batch, seed, max_shift=2).numpy(), shifted)  # seeded
+    turned = random_affine(batch, seed, max_rotation=30, max_scale=0.2, max_shear=0.2).numpy()
+    assert not np.allclose(turned, batch.numpy()) and turned.min() >= 0 and turned.max() <= 1 + 1e-6
 
 
 def test_errors_name_the_problem(digits):

@@ -87,35 +87,50 @@ class EpisodeSampler:
         """Infinite dataset of `(support_idx, support_labels, query_idx, query_labels)` into the dataset."""
         return tf.data.Dataset.counter(start).map(self._sample, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def episodes(self, episodes_per_batch: int = 1, max_shift: int = 0, start: int = 0) -> tf.data.Dataset:
+    def episodes(self, episodes_per_batch: int = 1, start: int = 0, **augment: float) -> tf.data.Dataset:
         """Infinite dataset of `((support, support_labels, query), query_labels)` batches, ready for
         `fit`/`evaluate`. Batching whole episodes lets `tf.distribute` split a batch across replicas
-        without cutting an episode. `max_shift > 0` randomly translates each image by up to that many
-        pixels (training augmentation)."""
+        without cutting an episode. `augment` (`max_shift`, `max_rotation`, `max_scale`, `max_shear`)
+        applies `random_affine` to every image (training augmentation)."""
+        augment = {k: float(v) for k, v in augment.items() if v}
         images = tf.constant(self.dataset.images)
         seed = self.seed
 
         def gather(index):
             support, support_labels, query, query_labels = self._sample(index)
             s, q = tf.gather(images, support), tf.gather(images, query)
-            if max_shift:
+            if augment:
                 aug_seed = tf.random.experimental.stateless_split(tf.stack([tf.constant(~seed, tf.int64), index]), 2)
-                s = random_shift(s, max_shift, aug_seed[0])
-                q = random_shift(q, max_shift, aug_seed[1])
+                s = random_affine(s, aug_seed[0], **augment)
+                q = random_affine(q, aug_seed[1], **augment)
             return (s, support_labels, q), query_labels
 
         ds = tf.data.Dataset.counter(start).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(episodes_per_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def random_shift(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
-    """Translates each image of `(n, H, W, C)` by its own random offset in [-max_shift, max_shift],
-    filling with zeros (the background after preprocessing)."""
-    n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
-    p = int(max_shift)
-    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
-    offsets = tf.random.stateless_uniform([n, 2], seed, 0, 2 * p + 1, tf.int32)
-    rows = offsets[:, :1] + tf.range(h)[None, :]
-    cols = offsets[:, 1:] + tf.range(w)[None, :]
-    out = tf.gather(padded, rows, batch_dims=1)
-    return tf.gather(out, cols, axis=2, batch_dims=1)
+def random_affine(images: tf.Tensor, seed: tf.Tensor, max_shift: float = 0.0, max_rotation: float = 0.0,
+                  max_scale: float = 0.0, max_shear: float = 0.0) -> tf.Tensor:
+    """Applies an independent random affine map to each image of `(n, H, W, C)`: translation up to
+    `max_shift` pixels, rotation up to `max_rotation` degrees, scaling by up to +/-`max_scale` and
+    shear up to `max_shear` radians, about the centre; uncovered pixels become 0 (the background
+    after preprocessing). One vectorised `ImageProjectiveTransformV3` call, as Keras' random layers use."""
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    u = tf.random.stateless_uniform([n, 5], seed, -1.0, 1.0)
+    theta = u[:, 0] * (max_rotation * np.pi / 180.0)
+    scale = 1.0 + u[:, 1] * max_scale
+    shear = u[:, 2] * max_shear
+    tx, ty = u[:, 3] * max_shift, u[:, 4] * max_shift
+    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
+    # Output pixel (x, y) samples input M @ ((x, y) - c) + c + t, with M = rotation . shear / scale.
+    m00, m01 = cos, -sin + cos * tf.tan(shear)
+    m10, m11 = sin, cos + sin * tf.tan(shear)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    a2 = cx - m00 * cx - m01 * cy + tx
+    b2 = cy - m10 * cx - m11 * cy + ty
+    zeros = tf.zeros_like(m00)
+    transforms = tf.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.constant([h, w]), fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
