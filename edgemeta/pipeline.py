@@ -18,8 +18,8 @@ from edgemeta.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN, TrainConfig, load_r
 # The recipe of the shipped Omniglot preset. `omniglot-split` is the same recipe on the issues' fixed
 # split (5 alphabets to train, 3 held out), which is how its accuracy is measured.
 OMNIGLOT_RECIPE = TrainConfig(
-    dataset="omniglot", rotations=True, n_way=60, k_shot=5, n_query=5, steps=2500, epochs=10,
-    learning_rate=1e-3, max_shift=2, seed=0, deterministic=True,
+    dataset="omniglot", rotations=True, n_way=60, k_shot=1, n_query=5, steps=8000, epochs=20,
+    learning_rate=1e-3, max_shift=2, max_rotation=10, max_scale=0.1, max_shear=0.1, seed=0, deterministic=True,
 )
 RECIPES = {
     "omniglot": replace(OMNIGLOT_RECIPE, train_groups=OMNIGLOT_TRAIN + OMNIGLOT_TEST, test_groups=()),
