@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 
-def _add_task_args(p: argparse.ArgumentParser, way: int = 5, shot: int = 1, query: int = 5) -> None:
+def _add_task_args(p: argparse.ArgumentParser, way: int | None = 5, shot: int | None = 1, query: int | None = 5) -> None:
     p.add_argument("--way", type=int, default=way, help="classes per episode (N)")
     p.add_argument("--shot", type=int, default=shot, help="support images per class (K)")
     p.add_argument("--query", type=int, default=query, help="query images per class")
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-alphabets", nargs="+")
     p.add_argument("--test-alphabets", nargs="*")
     p.add_argument("--rotations", action="store_true", default=None, help="add 90/180/270° rotations as classes")
-    _add_task_args(p)
+    _add_task_args(p, None, None, None)  # None: the recipe's (or TrainConfig's) value
     p.add_argument("--steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, dest="learning_rate")
@@ -97,11 +97,8 @@ def _train(args) -> None:
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
                "max_shift": args.max_shift, "max_rotation": args.max_rotation, "max_scale": args.max_scale,
-               "max_shear": args.max_shear, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
-    given = {k: v for k, v in mapping.items() if v is not None}
-    if not args.recipe or any(a.startswith(("--way", "--shot", "--query")) for a in sys.argv):
-        given.update(n_way=args.way, k_shot=args.shot, n_query=args.query)
-    config = replace(base, **given)
+               "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
+    config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
     callbacks = []
     if args.tensorboard or args.checkpoints:
         from edgemeta.backend import keras
