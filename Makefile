@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-OMNIGLOT_DIR ?= $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot)
+# Absolute, so that it still holds for processes started in another directory.
+OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
 .PHONY: venv demo demo-omniglot test bench preset clean
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OMNIGLOT_DIR = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR") or ROOT.parent / "shared" / "datasets" / "omniglot")
+OMNIGLOT_DIR = Path(os.environ.get("EDGEMETA_OMNIGLOT_DIR") or ROOT.parent / "shared" / "datasets" / "omniglot").resolve()
 
 
 @pytest.fixture(scope="session")
