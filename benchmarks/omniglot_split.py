@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +52,18 @@ def lake_protocol(make_adapter, test_set, runs: int = 20, way: int = 20, seed: i
     return {"error_rate": float(np.mean(errors)), "runs": runs, "way": way, "alphabets": alphabets}
 
 
+def runtime_without_tensorflow(bundle: Path, sampler, episodes: int, path: Path, config: TrainConfig) -> dict:
+    indices = list(sampler.indices().take(episodes).as_numpy_iterator())
+    np.savez(path, **{k: np.stack([e[i] for e in indices]) for i, k in enumerate(("s_idx", "s_lab", "q_idx", "q_lab"))},
+             n_way=sampler.n_way, k_shot=sampler.k_shot, n_query=sampler.n_query)
+    command = [sys.executable, str(Path(__file__).with_name("runtime_eval.py")), str(bundle), str(path),
+               "--alphabets", *sorted(set(sampler.dataset.groups))]
+    if config.data_dir:
+        command += ["--data-dir", str(config.data_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="Omniglot zips (default $EDGEMETA_OMNIGLOT_DIR)")
@@ -79,9 +93,13 @@ def main() -> None:
         row = {"keras_float": evaluate_keras(backbone, sampler, args.episodes).to_dict()}
         for q, e in embedders.items():
             row[f"runtime_{q}"] = evaluate_adapter(lambda e=e: FewShotAdapter(e), sampler, args.episodes).to_dict()
+        # The int8 figure again, from a separate process in which TensorFlow cannot be imported.
+        row["runtime_int8_tensorflow_blocked"] = runtime_without_tensorflow(out / "bundle-int8", sampler, args.episodes,
+                                                                             out / "episodes.npz", config)
         results["tasks"][name] = row
         print(f"{name}: " + ", ".join(f"{k} {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f}" for k, v in row.items())
               + f"  ({time.time() - start:.0f} s)", flush=True)
+        assert row["runtime_int8_tensorflow_blocked"]["accuracy"] == row["runtime_int8"]["accuracy"]
     for q, e in embedders.items():
         results[f"lake_{q}"] = lake_protocol(lambda e=e: FewShotAdapter(e), test_set)
         print(f"Lake-style 20-way one-shot, {q} runtime: error {100 * results[f'lake_{q}']['error_rate']:.1f} %")

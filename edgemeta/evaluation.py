@@ -71,16 +71,23 @@ def evaluate_keras(backbone, sampler, episodes: int = 600, batch_size: int = 512
 
 
 def evaluate_adapter(make_adapter: Callable[[], Any], sampler, episodes: int = 600) -> EvalResult:
-    """Evaluates the on-device path: for each episode a fresh `FewShotAdapter` enrolls the support
-    set's *raw* images (as a board would receive them) and classifies the raw query images."""
-    raw = sampler.dataset.raw
-    if raw is None:
+    """Evaluates the on-device path on the sampler's episodes; see `evaluate_adapter_on_episodes`."""
+    if sampler.dataset.raw is None:
         raise ValueError("evaluate_adapter needs a dataset with raw images (not one with added rotations).")
+    indices = list(sampler.indices().take(episodes).as_numpy_iterator())
+    return evaluate_adapter_on_episodes(make_adapter, sampler.dataset.raw, indices, sampler.n_way, sampler.k_shot, sampler.n_query)
+
+
+def evaluate_adapter_on_episodes(make_adapter: Callable[[], Any], raw, episodes, n_way: int, k_shot: int,
+                                 n_query: int) -> EvalResult:
+    """For each episode `(support_idx, support_labels, query_idx, query_labels)` a fresh `FewShotAdapter`
+    enrolls the support set's *raw* images (as a board would receive them) and classifies the raw query
+    images. Needs no TensorFlow, so it can run where TensorFlow is absent."""
     accs = []
-    for s_idx, s_lab, q_idx, q_lab in sampler.indices().take(episodes).as_numpy_iterator():
+    for s_idx, s_lab, q_idx, q_lab in episodes:
         adapter = make_adapter()
         for c in np.unique(s_lab):
             adapter.enroll(str(c), [raw[i] for i in s_idx[s_lab == c]])
         predicted = [p.label for p in adapter.classify([raw[i] for i in q_idx])]
-        accs.append(float(np.mean(np.array(predicted) == q_lab.astype(str))))
-    return EvalResult.from_accuracies(accs, sampler.n_way, sampler.k_shot, sampler.n_query)
+        accs.append(float(np.mean(np.array(predicted) == np.asarray(q_lab).astype(str))))
+    return EvalResult.from_accuracies(accs, n_way, k_shot, n_query)
