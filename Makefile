@@ -27,7 +27,8 @@ test: venv
 
 # Real training and speed figures (minutes to an hour on 2 cores); never part of `make test`.
 bench: venv
-	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python benchmarks/omniglot_split.py --out runs/bench
+	$(BIN)/python benchmarks/jit_compile.py
+	$(BIN)/python benchmarks/omniglot_split.py --data-dir $(OMNIGLOT_DIR) --out runs/bench
 
 # Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe.
 preset: venv
