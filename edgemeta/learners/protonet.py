@@ -31,7 +31,6 @@ class ProtoNet(keras.Model):
     >>> net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])  # doctest: +SKIP
     >>> net.fit(EpisodeSampler(ds, 5, 1, 5).episodes(), steps_per_epoch=100, epochs=10)  # doctest: +SKIP
 
-
     The way N is read from the labels at run time, so one model serves 5-way and 20-way episodes;
     that dynamic shape keeps XLA out (`jit_compile=False`), which on CPU is also the faster choice:
     `benchmarks/jit_compile.py` measured XLA 3.9x slower for a Conv-4 step on 2 cores.
