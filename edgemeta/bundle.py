@@ -117,6 +117,13 @@ def read_bundle(directory: str | os.PathLike) -> tuple[Path, Manifest]:
     return model_path, manifest
 
 
+def update_provenance(directory: str | os.PathLike, provenance: dict[str, Any]) -> None:
+    """Replaces a bundle's provenance (e.g. with accuracy measured after export); the model is untouched."""
+    _, manifest = read_bundle(directory)
+    manifest.provenance = provenance
+    _atomic_write(Path(directory) / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
