@@ -94,7 +94,7 @@ def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: in
         manifest = json.loads((path / MANIFEST_FILE).read_text())
         saved = manifest["provenance"].get("train_config", {})
     else:
-        _, run = load_run(path)
+        backbone, run = load_run(path)
         saved = run["config"]
     config = TrainConfig(**saved) if saved else TrainConfig(dataset=dataset or "digits")
     overrides: dict[str, Any] = {"rotations": False}
@@ -112,7 +112,7 @@ def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: in
     if is_bundle:
         embedder = Embedder.from_bundle(path)
         return evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
-    return evaluate_keras(load_run(path)[0], sampler, episodes)
+    return evaluate_keras(backbone, sampler, episodes)
 
 
 def per_image_latency_ms(embedder, image: np.ndarray, repeats: int = 200) -> float:
