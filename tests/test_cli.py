@@ -63,6 +63,6 @@ def test_errors_are_clear_and_exit_2(tmp_path):
     assert "Omniglot files not found" in result.stderr or "download failed" in result.stderr
     result = run_cli("train", "--dataset", "folder", "--data-dir", tmp_path / "none", "--out", tmp_path / "r")
     assert result.returncode == 2 and "Image folder not found" in result.stderr
-    (tmp_path / "empty_class").mkdir()
-    result = run_cli("adapt", "--preset", "omniglot", "--support", tmp_path)
+    (tmp_path / "support" / "empty_class").mkdir(parents=True)
+    result = run_cli("adapt", "--preset", "omniglot", "--support", tmp_path / "support")
     assert result.returncode == 2 and "empty class folder(s) ['empty_class']" in result.stderr
