@@ -168,7 +168,8 @@ def run_demo(dataset: str = "digits", data_dir: str | None = None, out_dir: str 
             latency = f"{per_image_latency_ms(embedders[q], sample):.3f}"
         rows.append([name, size, latency] + row)
     return _table(header, rows) + (
-        f"\nMeta-trained on {train_set.num_classes} {train_set.name} classes, tested on {test_set.num_classes} held-out "
+        f"\nMeta-trained on {train_set.num_classes} {train_set.name} classes (rotated copies count as classes), tested "
+        f"on {test_set.num_classes} held-out "
         f"classes ({episodes} episodes each, 5 queries/class, 95 % CI). Bundles in {out_dir}/."
     )
 
