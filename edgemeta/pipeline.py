@@ -146,27 +146,21 @@ def run_demo(dataset: str = "digits", data_dir: str | None = None, out_dir: str 
     tasks = [(5, 1), (5, 5)] + ([(20, 1)] if test_set.num_classes >= 20 else [])
     header = ["model", "size (KB)", "ms/image"] + [f"{n}-way {k}-shot" for n, k in tasks]
     rows = []
-    keras_size = sum(w.size for w in net.backbone.get_weights()) * 4 / 1024
-    sample = test_set.raw[0]
-    cells = {}
-    for name in ("Keras float32", "TFLite float32", "TFLite int8 (runtime)"):
-        cells[name] = []
+    for name, quantization in (("Keras float32", None), ("TFLite float32", "float32"), ("TFLite int8 (runtime)", "int8")):
+        accuracies = []
         for n_way, k_shot in tasks:
             sampler = EpisodeSampler(test_set, n_way, k_shot, 5, seed=1)
-            if name == "Keras float32":
+            if quantization is None:
                 r = evaluate_keras(net.backbone, sampler, episodes)
             else:
-                e = embedders["float32" if "float" in name else "int8"]
-                r = evaluate_adapter(lambda e=e: FewShotAdapter(e), sampler, episodes)
-            cells[name].append(f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}")
-    for name, row in cells.items():
-        if name == "Keras float32":
-            size, latency = f"{keras_size:.0f} (weights)", "-"
+                r = evaluate_adapter(lambda e=embedders[quantization]: FewShotAdapter(e), sampler, episodes)
+            accuracies.append(f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}")
+        if quantization is None:
+            size, latency = f"{sum(w.size for w in net.backbone.get_weights()) * 4 / 1024:.0f} (weights)", "-"
         else:
-            q = "float32" if "float" in name else "int8"
-            size = f"{(out_dir / f'bundle-{q}' / 'model.tflite').stat().st_size / 1024:.0f}"
-            latency = f"{per_image_latency_ms(embedders[q], sample):.3f}"
-        rows.append([name, size, latency] + row)
+            size = f"{(out_dir / f'bundle-{quantization}' / 'model.tflite').stat().st_size / 1024:.0f}"
+            latency = f"{per_image_latency_ms(embedders[quantization], test_set.raw[0]):.3f}"
+        rows.append([name, size, latency, *accuracies])
     return _table(header, rows) + (
         f"\nMeta-trained on {train_set.num_classes} {train_set.name} classes (rotated copies count as classes), tested "
         f"on {test_set.num_classes} held-out "

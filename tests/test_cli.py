@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 from PIL import Image
 
 from conftest import blank_with_square, run_cli

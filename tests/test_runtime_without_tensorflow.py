@@ -2,7 +2,7 @@
 
 import tomllib
 
-from conftest import ROOT, blank_with_square, run_python  # noqa: F401
+from conftest import ROOT, run_python
 
 CODE = r"""
 import sys
