@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgemeta.atomic import atomic_write
 from edgemeta.preprocessing import Preprocessing
 
 FORMAT = "edgemeta.bundle"
@@ -79,11 +80,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 def write_bundle(directory: str | os.PathLike, model_bytes: bytes, manifest: Manifest) -> Path:
     """Writes `model.tflite` and `manifest.json` (with the model's sha256) into `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / MODEL_FILE
-    _atomic_write(model_path, model_bytes)
+    atomic_write(directory / MODEL_FILE, model_bytes)
     manifest.model_sha256 = hashlib.sha256(model_bytes).hexdigest()
-    _atomic_write(directory / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    _write_manifest(directory, manifest)
     return directory
 
 
@@ -121,13 +120,8 @@ def update_provenance(directory: str | os.PathLike, provenance: dict[str, Any]) 
     """Replaces a bundle's provenance (e.g. with accuracy measured after export); the model is untouched."""
     _, manifest = read_bundle(directory)
     manifest.provenance = provenance
-    _atomic_write(Path(directory) / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    _write_manifest(Path(directory), manifest)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_manifest(directory: Path, manifest: Manifest) -> None:
+    atomic_write(directory / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())

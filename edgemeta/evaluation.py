@@ -42,10 +42,11 @@ class EvalResult:
 
 def nearest_prototype_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray) -> float:
     """Fraction of queries whose nearest class-mean (squared Euclidean) is their own class."""
+    from edgemeta.runtime.adapter import squared_distances
+
     classes = np.unique(support_labels)
     protos = np.stack([support[support_labels == c].mean(0) for c in classes])
-    d = ((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
-    return float(np.mean(classes[d.argmin(1)] == query_labels))
+    return float(np.mean(classes[squared_distances(query, protos).argmin(1)] == query_labels))
 
 
 def evaluate_embedding(

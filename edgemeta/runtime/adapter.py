@@ -11,10 +11,18 @@ from typing import Any
 
 import numpy as np
 
+from edgemeta.atomic import atomic_write
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
 
 STATE_FORMAT_VERSION = 1
+
+
+def squared_distances(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """`(n, D)` x `(c, D)` -> `(n, c)` squared Euclidean distances (the ProtoNet metric), in float64."""
+    x, prototypes = np.asarray(x, np.float64), np.asarray(prototypes, np.float64)
+    d = (x**2).sum(1)[:, None] - 2 * x @ prototypes.T + (prototypes**2).sum(1)[None, :]
+    return np.maximum(d, 0.0)
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,7 @@ class FewShotAdapter:
         if not self._sums:
             raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
         labels, protos = self.prototypes()
-        emb = self.embedder.embed(images).astype(np.float64)
-        d = np.maximum((emb**2).sum(1)[:, None] - 2 * emb @ protos.T + (protos**2).sum(1)[None, :], 0.0)
+        d = squared_distances(self.embedder.embed(images), protos)
         logits = -d - (-d).max(1, keepdims=True)
         p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         best = d.argmin(1)
@@ -114,14 +121,7 @@ class FewShotAdapter:
         buffer = io.BytesIO()
         sums = np.stack([self._sums[k] for k in labels]) if labels else np.zeros((0, self.embedder.embedding_size))
         np.savez(buffer, header=np.array(json.dumps(header)), sums=sums)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, buffer.getvalue())
 
     def load(self, path: str | os.PathLike) -> None:
         """Replaces the enrolled classes with those saved at `path` (by `save` or `state=`)."""
