@@ -40,12 +40,15 @@ class EvalResult:
         return {k: getattr(self, k) for k in ("accuracy", "ci95", "episodes", "n_way", "k_shot", "n_query")}
 
 
-def nearest_prototype_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray) -> float:
-    """Fraction of queries whose nearest class-mean (squared Euclidean) is their own class."""
-    from edgemeta.runtime.adapter import squared_distances
+def nearest_prototype_accuracy(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray,
+                               metric: str = "squared_euclidean") -> float:
+    """Fraction of queries whose nearest class-mean under `metric` is their own class (as the runtime
+    adapter computes it)."""
+    from edgemeta.runtime.adapter import for_metric, squared_distances
 
+    support, query = for_metric(support, metric), for_metric(query, metric)
     classes = np.unique(support_labels)
-    protos = np.stack([support[support_labels == c].mean(0) for c in classes])
+    protos = for_metric(np.stack([support[support_labels == c].mean(0) for c in classes]), metric)
     return float(np.mean(classes[squared_distances(query, protos).argmin(1)] == query_labels))
 
 
@@ -53,6 +56,7 @@ def evaluate_embedding(
     embed: Callable[[np.ndarray], np.ndarray],
     sampler,
     episodes: int = 600,
+    metric: str = "squared_euclidean",
 ) -> EvalResult:
     """Evaluates an embedding function (preprocessed images -> embeddings) on `episodes` episodes.
 
@@ -62,13 +66,26 @@ def evaluate_embedding(
     embeddings = np.asarray(embed(sampler.dataset.images))
     accs = []
     for s_idx, s_lab, q_idx, q_lab in sampler.indices().take(episodes).as_numpy_iterator():
-        accs.append(nearest_prototype_accuracy(embeddings[s_idx], s_lab, embeddings[q_idx], q_lab))
+        accs.append(nearest_prototype_accuracy(embeddings[s_idx], s_lab, embeddings[q_idx], q_lab, metric))
     return EvalResult.from_accuracies(accs, sampler.n_way, sampler.k_shot, sampler.n_query)
 
 
-def evaluate_keras(backbone, sampler, episodes: int = 600, batch_size: int = 512) -> EvalResult:
-    """Evaluates a Keras embedding model (inference mode) on the sampler's episodes."""
-    return evaluate_embedding(lambda x: backbone.predict(x, batch_size=batch_size, verbose=0), sampler, episodes)
+def evaluate_keras(backbone, sampler, episodes: int = 600, batch_size: int = 512, metric: str = "squared_euclidean") -> EvalResult:
+    """Evaluates a Keras embedding model (inference mode) by nearest prototype on the sampler's episodes:
+    what the board's adapter does, in float."""
+    return evaluate_embedding(lambda x: backbone.predict(x, batch_size=batch_size, verbose=0), sampler, episodes, metric)
+
+
+def evaluate_learner(learner, sampler, episodes: int = 600) -> EvalResult:
+    """Evaluates a learner with its *own* adaptation (inner loop, attention, relation module) on the
+    sampler's episodes, one episode at a time (the same episodes `evaluate_keras` sees)."""
+    from edgemeta.backend import tf
+
+    predict = tf.function(lambda x: learner(x, training=False), reduce_retracing=True)
+    accs = []
+    for x, y in sampler.episodes(1).take(episodes):
+        accs.append(float(np.mean(np.argmax(predict(x).numpy(), -1) == y.numpy())))
+    return EvalResult.from_accuracies(accs, sampler.n_way, sampler.k_shot, sampler.n_query)
 
 
 def evaluate_adapter(make_adapter: Callable[[], Any], sampler, episodes: int = 600) -> EvalResult:

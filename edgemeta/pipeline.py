@@ -29,6 +29,27 @@ RECIPES = {
                           max_shift=1),
 }
 
+# Each learner's episodes and options on top of a recipe (data, augmentation, seed, steps). Metric
+# learners train on the recipe's large episodes; gradient-based learners on meta-batches of 5-way tasks,
+# as in their papers. `benchmarks/learners.py` trains each with a fixed number of steps (docs/learners.md).
+_GRADIENT_TASKS = dict(n_way=5, k_shot=1, n_query=5, episodes_per_batch=8)
+LEARNER_SETTINGS: dict[str, dict[str, Any]] = {
+    "maml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    "fomaml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    "metasgd": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    "anil": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.4}),
+    # Reptile's outer step is plain SGD on (theta - phi): learning rate 1.0 decayed, as in the paper.
+    "reptile": dict(_GRADIENT_TASKS, episodes_per_batch=4, learning_rate=1.0,
+                    learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.1}),
+}
+
+
+def recipe_for(recipe: str, learner: str = "protonet", **overrides: Any) -> TrainConfig:
+    """Recipe `recipe` (data, augmentation, seed, steps) with `learner` and its episodes and options."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}. Expected one of {sorted(RECIPES)}.")
+    return replace(RECIPES[recipe], learner=learner, **{**LEARNER_SETTINGS.get(learner, {}), **overrides})
+
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
                data_dir: str | None = None) -> tuple[Path, dict[str, Any]]:
@@ -41,7 +62,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     config = TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
     train_set, test_set = load_split(config)
     provenance: dict[str, Any] = {
-        "dataset": run["train_set"], "learner": run["learner"], "backbone": config.backbone,
+        "dataset": run["train_set"], "learner": run["learner"], "learner_options": config.learner_options,
+        "backbone": config.backbone,
         "episodes": {k: getattr(config, k) for k in ("n_way", "k_shot", "n_query", "steps", "episodes_per_batch")},
         "train_config": run["config"], "edgemeta_version": __version__,
         "measured_accuracy": {
@@ -53,13 +75,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance)
     measured: dict[str, Any] = {}
     if test_set is not None and episodes:
-        measured = compare_on_test(backbone, path, test_set, episodes)
+        measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"])
         update_provenance(path, {**provenance, "measured_accuracy": measured})
     return path, measured
 
 
 def compare_on_test(backbone, bundle: str | Path, test_set, episodes: int = 600,
-                    tasks=((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5, seed: int = 1) -> dict[str, Any]:
+                    tasks=((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5, seed: int = 1,
+                    metric: str = "squared_euclidean") -> dict[str, Any]:
     """Keras float vs bundle-through-runtime accuracy on identical held-out episodes."""
     from edgemeta.data.episodes import EpisodeSampler
     from edgemeta.evaluation import evaluate_adapter, evaluate_keras
@@ -72,7 +95,7 @@ def compare_on_test(backbone, bundle: str | Path, test_set, episodes: int = 600,
         if n_way > test_set.num_classes or k_shot + n_query > counts.min():
             continue
         sampler = EpisodeSampler(test_set, n_way, k_shot, n_query, seed=seed)
-        keras_result = evaluate_keras(backbone, sampler, episodes)
+        keras_result = evaluate_keras(backbone, sampler, episodes, metric=metric)
         runtime_result = evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
         results[f"{n_way}-way {k_shot}-shot"] = {"keras_float": keras_result.to_dict(), "runtime": runtime_result.to_dict()}
     return results
@@ -95,7 +118,7 @@ def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: in
         saved = manifest["provenance"].get("train_config", {})
     else:
         backbone, run = load_run(path)
-        saved = run["config"]
+        saved, metric = run["config"], run["metric"]
     config = TrainConfig(**saved) if saved else TrainConfig(dataset=dataset or "digits")
     overrides: dict[str, Any] = {"rotations": False}
     if dataset:
@@ -112,7 +135,7 @@ def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: in
     if is_bundle:
         embedder = Embedder.from_bundle(path)
         return evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
-    return evaluate_keras(backbone, sampler, episodes)
+    return evaluate_keras(backbone, sampler, episodes, metric=metric)
 
 
 def per_image_latency_ms(embedder, image: np.ndarray, repeats: int = 200) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ OMNIGLOT_TRAIN = ("Balinese", "Greek", "Japanese_(katakana)", "Korean", "Sanskri
 OMNIGLOT_TEST = ("Early_Aramaic", "Latin", "Tagalog")
 EMBEDDING_FILE = "embedding.keras"
 RUN_FILE = "run.json"
+LEARNER_WEIGHTS_FILE = "learner.weights.h5"
 
 
 @dataclass
@@ -27,6 +28,8 @@ class TrainConfig:
     """Everything that determines a training run; saved in run.json as provenance."""
 
     dataset: str = "digits"  # digits | omniglot | folder
+    learner: str = "protonet"  # a name in edgemeta.learners.LEARNERS
+    learner_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"inner_steps": 5} for MAML
     data_dir: str | None = None  # omniglot zips dir, or the folder of class sub-folders (train)
     test_dir: str | None = None  # folder dataset: held-out classes
     train_groups: Sequence[str] | None = None  # omniglot alphabets to meta-train on
@@ -86,14 +89,16 @@ def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDatase
 
 def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (), verbose: int | str = "auto",
           train_set: ImageClassDataset | None = None):
-    """Meta-trains a ProtoNet per `config`; writes `out_dir/embedding.keras` and `out_dir/run.json`.
+    """Meta-trains `config.learner` per `config`; writes `out_dir/embedding.keras` (the backbone, what is
+    exported), `out_dir/learner.weights.h5` (everything the learner's own adaptation needs) and
+    `out_dir/run.json`.
 
-    Returns `(protonet, train_set, test_set)`. Training runs inside the current `tf.distribute`
+    Returns `(learner, train_set, test_set)`. Training runs inside the current `tf.distribute`
     strategy scope, whatever it is.
     """
     from edgemeta.backend import keras, tf
     from edgemeta.data.episodes import EpisodeSampler
-    from edgemeta.learners import BACKBONES, ProtoNet
+    from edgemeta.learners import BACKBONES, build_learner
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,11 +113,12 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
-        net = ProtoNet(BACKBONES[config.backbone](train_set.preprocessing.input_shape))
+        net = build_learner(config.learner, BACKBONES[config.backbone](train_set.preprocessing.input_shape),
+                            **config.learner_options)
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
         net.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            optimizer=net.make_optimizer(schedule),
+            loss=net.episode_loss(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
     steps_per_epoch = max(1, config.steps // config.epochs)
@@ -125,15 +131,19 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
         callbacks=list(callbacks),
         verbose=verbose,
     )
+    net.finish_training(train_set.images)
+    train_seconds = time.time() - start
     net.backbone.save(out_dir / EMBEDDING_FILE)
+    net.save_weights(out_dir / LEARNER_WEIGHTS_FILE)
     run = {
         "config": asdict(config),
-        "learner": "protonet",
-        "metric": ProtoNet.metric,
+        "learner": config.learner,
+        "metric": net.metric,
         "train_set": {"name": train_set.name, "classes": train_set.num_classes, "images": len(train_set),
                       "groups": sorted(set(train_set.groups))},
         "preprocessing": train_set.preprocessing.to_dict(),
-        "train_seconds": round(time.time() - start, 1),
+        "train_seconds": round(train_seconds, 1),
+        "episodes_per_second": round(config.steps * config.episodes_per_batch / train_seconds, 2),
         "final_train_accuracy": float(history.history["accuracy"][-1]),
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
@@ -150,3 +160,16 @@ def load_run(run_dir: str | Path):
         raise FileNotFoundError(f"No trained model in {str(run_dir)!r}: expected {EMBEDDING_FILE} (written by `edgemeta train`).")
     info = json.loads((run_dir / RUN_FILE).read_text())
     return keras.models.load_model(path, compile=False), info
+
+
+def load_learner(run_dir: str | Path):
+    """Rebuilds the trained learner of a run (backbone plus the learner's own weights, e.g. MAML's head or
+    Meta-SGD's learning rates), for evaluation with its own adaptation. Returns `(learner, run_info)`."""
+    from edgemeta.learners import build_learner
+
+    backbone, info = load_run(run_dir)
+    config = info["config"]
+    learner = build_learner(info["learner"], backbone, **config.get("learner_options", {}))
+    learner.build_from_episode(backbone.input_shape[1:])
+    learner.load_weights(Path(run_dir) / LEARNER_WEIGHTS_FILE)
+    return learner, info

@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 
 from edgemeta.backend import keras, tf
-from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.data.episodes import EpisodeSampler
 from edgemeta.evaluation import evaluate_keras
 from edgemeta.learners import ProtoNet, conv4
 from edgemeta.learners.protonet import prototypes, squared_distances
-from edgemeta.preprocessing import Preprocessing
+from learner_harness import toy_dataset
 
 
 def test_prototypes_and_distances_match_numpy():
@@ -35,15 +34,6 @@ def test_loss_is_cross_entropy_over_negative_distances():
     assert loss == pytest.approx(np.log1p(np.exp(-8.0)), rel=1e-4)
 
 
-def toy_dataset(classes=12, per_class=12, seed=0):
-    """Classes are distinct random blob patterns plus noise: learnable, few-shot, novel at test."""
-    rng = np.random.default_rng(seed)
-    templates = (rng.random((classes, 28, 28, 1)) > 0.8).astype(np.float32)
-    images = np.clip(np.repeat(templates, per_class, 0) + rng.normal(0, 0.3, (classes * per_class, 28, 28, 1)), 0, 1)
-    return ImageClassDataset(images.astype(np.float32), np.repeat(np.arange(classes), per_class).astype(np.int32),
-                             tuple(map(str, range(classes))), ("toy",) * classes, Preprocessing(), "toy")
-
-
 def test_fit_on_toy_problem_learns():
     # Random templates share no structure, so this checks learning (and inference-mode BatchNorm),
     # not transfer; held-out transfer is tested on Omniglot in test_heldout_accuracy.py.
@@ -56,15 +46,6 @@ def test_fit_on_toy_problem_learns():
     assert history.history["loss"][-1] < 0.1 * history.history["loss"][0]
     result = evaluate_keras(net.backbone, EpisodeSampler(train, 4, 1, 5, seed=1), episodes=100)
     assert result.accuracy > 0.95 and result.episodes == 100 and result.ci95 < 0.05
-
-
-def test_serialises_with_keras(tmp_path):
-    net = ProtoNet(conv4(filters=8))
-    batch = (np.zeros((1, 2, 28, 28, 1), np.float32), np.array([[0, 1]]), np.zeros((1, 3, 28, 28, 1), np.float32))
-    expected = net(batch).numpy()
-    net.save(tmp_path / "protonet.keras")
-    restored = keras.models.load_model(tmp_path / "protonet.keras", compile=False)
-    np.testing.assert_allclose(restored(batch).numpy(), expected, atol=1e-6)
 
 
 def test_conv4_embedding_size_and_input_check():

@@ -1,8 +1,9 @@
-"""Prototypical Networks (Snell et al., 2017) as a Keras model trained with plain `fit` on episodes."""
+"""Prototypical Networks (Snell et al., 2017): class prototypes are mean support embeddings."""
 
 from __future__ import annotations
 
-from edgemeta.backend import keras, tf
+from edgemeta.backend import tf
+from edgemeta.learners.base import Learner, register_learner
 
 
 def prototypes(embeddings: tf.Tensor, labels: tf.Tensor, n_way: tf.Tensor) -> tf.Tensor:
@@ -19,49 +20,22 @@ def squared_distances(queries: tf.Tensor, protos: tf.Tensor) -> tf.Tensor:
     return tf.maximum(qq - 2.0 * tf.einsum("bqd,bnd->bqn", queries, protos) + pp, 0.0)
 
 
-@keras.saving.register_keras_serializable(package="edgemeta")
-class ProtoNet(keras.Model):
-    """Embeds support and query, averages support embeddings into class prototypes, and returns
-    logits = negative squared distances of each query to each prototype.
+@register_learner("protonet")
+class ProtoNet(Learner):
+    """Logits are negative squared distances of each query to each class prototype.
 
-    Inputs are batches of episodes `(support (B, N*K, H, W, C), support_labels (B, N*K), query
-    (B, M, H, W, C))`; targets are query labels `(B, M)`. So training is stock Keras:
+    Training is stock Keras on episodes:
 
     >>> net = ProtoNet(conv4())  # doctest: +SKIP
-    >>> net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])  # doctest: +SKIP
+    >>> net.compile("adam", net.episode_loss(), ["accuracy"])  # doctest: +SKIP
     >>> net.fit(EpisodeSampler(ds, 5, 1, 5).episodes(), steps_per_epoch=100, epochs=10)  # doctest: +SKIP
 
     The way N is read from the labels at run time, so one model serves 5-way and 20-way episodes;
-    that dynamic shape keeps XLA out (`jit_compile=False`), which on CPU is also the faster choice:
-    `benchmarks/jit_compile.py` measured XLA 3.9x slower for a Conv-4 step on 2 cores.
+    that dynamic shape keeps XLA out, which on CPU is also the faster choice (`benchmarks/jit_compile.py`).
     """
-
-    metric = "squared_euclidean"
-
-    def __init__(self, backbone: keras.Model, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.backbone = backbone
 
     def call(self, inputs, training=None):
         support, support_labels, query = inputs
         support_labels = tf.cast(support_labels, tf.int32)  # numpy callers pass int64
-        batch, n_support, n_query = tf.shape(support)[0], tf.shape(support)[1], tf.shape(query)[1]
-        image_shape = tf.shape(support)[2:]
-        # One backbone pass over support and query together (one set of BatchNorm batch statistics).
-        images = tf.concat([tf.reshape(support, tf.concat([[-1], image_shape], 0)),
-                            tf.reshape(query, tf.concat([[-1], image_shape], 0))], 0)
-        embeddings = self.backbone(images, training=training)
-        dim = tf.shape(embeddings)[-1]
-        support_emb = tf.reshape(embeddings[: batch * n_support], [batch, n_support, dim])
-        query_emb = tf.reshape(embeddings[batch * n_support :], [batch, n_query, dim])
-        n_way = tf.reduce_max(support_labels) + 1
-        return -squared_distances(query_emb, prototypes(support_emb, support_labels, n_way))
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        backbone = keras.saving.deserialize_keras_object(config.pop("backbone"))
-        return cls(backbone, **config)
+        support_emb, query_emb = self.embed_episode(self.backbone, support, query, training)
+        return -squared_distances(query_emb, prototypes(support_emb, support_labels, self.way(support_labels)))

@@ -25,10 +25,23 @@ def squared_distances(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+METRICS = ("squared_euclidean", "cosine")
+
+
+def for_metric(embeddings: np.ndarray, metric: str) -> np.ndarray:
+    """Maps embeddings into the space where the bundle's `metric` is squared Euclidean distance:
+    unchanged for `squared_euclidean`, unit length for `cosine` (||a - b||^2 = 2 - 2 cos(a, b))."""
+    if metric == "squared_euclidean":
+        return embeddings
+    if metric == "cosine":
+        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    raise ValueError(f"Unknown metric {metric!r}. Expected one of {METRICS}.")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The nearest class of one image: its `label`, squared Euclidean `distance` to that class's
-    prototype, and `score`, the softmax over negative distances (a probability among enrolled classes)."""
+    prototype (for a `cosine` bundle, between unit-length vectors: 2 - 2 cos), and `score`, the softmax over negative distances (a probability among enrolled classes)."""
 
     label: str
     distance: float
@@ -53,6 +66,8 @@ class FewShotAdapter:
 
     def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None) -> None:
         self.embedder = embedder
+        self.metric = embedder.manifest.metric
+        for_metric(np.zeros((1, 1)), self.metric)  # unknown metric: refuse the bundle now, not at classify
         self._sums: dict[str, np.ndarray] = {}
         self._counts: dict[str, int] = {}
         self.state_path = Path(state) if state is not None else None
@@ -82,7 +97,7 @@ class FewShotAdapter:
         Returns the class's total number of shots. Bad input raises and changes nothing."""
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"label must be a non-empty string. Received: {label!r}")
-        embeddings = self.embedder.embed(images).astype(np.float64)
+        embeddings = for_metric(self.embedder.embed(images).astype(np.float64), self.metric)
         sums, counts = dict(self._sums), dict(self._counts)
         sums[label] = sums.get(label, 0.0) + embeddings.sum(0)
         counts[label] = counts.get(label, 0) + len(embeddings)
@@ -106,7 +121,7 @@ class FewShotAdapter:
         if not self._sums:
             raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
         labels, protos = self.prototypes()
-        d = squared_distances(self.embedder.embed(images), protos)
+        d = squared_distances(for_metric(self.embedder.embed(images), self.metric), for_metric(protos, self.metric))
         logits = -d - (-d).max(1, keepdims=True)
         p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         best = d.argmin(1)

@@ -1,0 +1,114 @@
+"""Every learner on the fixed Omniglot split with a fixed budget: accuracy with its own adaptation,
+by prototypes over its float embedding, and through the int8 runtime; training time, episodes/s and
+peak memory. Writes `OUT/learners.md` and `OUT/learners.json`.
+
+Train on Balinese, Greek, Japanese_(katakana), Korean, Sanskrit (with rotations); test on
+Early_Aramaic, Latin, Tagalog; 600 episodes per task, 5 queries per class, 95 % CI, the same
+episodes for every learner and every way of adapting.
+
+    python benchmarks/learners.py --data-dir ../shared/datasets/omniglot --out runs/learners
+    python benchmarks/learners.py --learners maml fomaml ...   # a subset; finished runs are reused
+
+Each learner trains in its own process so its peak memory (ru_maxrss) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The fixed budget: optimizer steps per learner (episode shapes and options: edgemeta.pipeline.LEARNER_SETTINGS).
+# Chosen so each trains in 4-8 minutes on a 2-core CPU.
+STEPS = {"protonet": 1500, "matching": 1500, "relation": 1500, "maml": 1000, "fomaml": 1000, "anil": 1000,
+         "metasgd": 1000, "reptile": 600}
+TASKS = ((5, 1), (5, 5), (20, 1))
+
+
+def config_for(name: str, data_dir: str, steps: int | None = None):
+    from edgemeta.pipeline import recipe_for
+
+    steps = steps or STEPS[name]
+    return recipe_for("omniglot-split", name, data_dir=data_dir, steps=steps, epochs=min(10, steps), deterministic=False)
+
+
+def train_child(name: str, data_dir: str, run_dir: Path, steps: int | None) -> None:
+    from edgemeta.training import train
+
+    train(config_for(name, data_dir, steps), run_dir, verbose=2)
+
+
+def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes: int) -> dict:
+    from converters import export_bundle
+    from edgemeta.data.episodes import EpisodeSampler
+    from edgemeta.evaluation import evaluate_adapter, evaluate_keras, evaluate_learner
+    from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.training import load_learner, load_split
+
+    learner, run = load_learner(run_dir)
+    train_set, test_set = load_split(config_for(name, data_dir))
+    export_bundle(learner.backbone, bundle_dir, train_set.preprocessing, "int8", train_set.images, learner.metric,
+                  {"learner": name, "learner_options": run["config"]["learner_options"], "benchmark": "benchmarks/learners.py"})
+    embedder = Embedder.from_bundle(bundle_dir)
+    result = {"train_seconds": run["train_seconds"], "episodes_per_second": run["episodes_per_second"],
+              "steps": run["config"]["steps"], "episodes_per_batch": run["config"]["episodes_per_batch"],
+              "train_episode": [run["config"][k] for k in ("n_way", "k_shot", "n_query")],
+              "options": run["config"]["learner_options"], "tasks": {}}
+    for n_way, k_shot in TASKS:
+        sampler = EpisodeSampler(test_set, n_way, k_shot, 5, seed=1)
+        result["tasks"][f"{n_way}-way {k_shot}-shot"] = {
+            "own": evaluate_learner(learner, sampler, episodes).to_dict(),
+            "prototypes_float": evaluate_keras(learner.backbone, sampler, episodes, metric=learner.metric).to_dict(),
+            "runtime_int8": evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes).to_dict(),
+        }
+        print(name, n_way, k_shot, {k: round(100 * v["accuracy"], 2) for k, v in result["tasks"][f"{n_way}-way {k_shot}-shot"].items()}, flush=True)
+    return result
+
+
+def table(results: dict) -> str:
+    cell = lambda r: f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"  # noqa: E731
+    header = ["learner", "adaptation"] + [f"{n}-way {k}-shot" for n, k in TASKS] + ["train (min)", "episodes/s", "peak RSS (MB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        for i, (key, label) in enumerate((("own", "own"), ("prototypes_float", "prototypes, Keras float"),
+                                          ("runtime_int8", "prototypes, int8 runtime"))):
+            extra = [f"{r['train_seconds'] / 60:.1f}", f"{r['episodes_per_second']:.1f}", f"{r['peak_rss_mb']:.0f}"] if i == 0 else ["", "", ""]
+            lines.append("| " + " | ".join([name if i == 0 else "", label] + [cell(r["tasks"][f"{n}-way {k}-shot"][key]) for n, k in TASKS] + extra) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", "../shared/datasets/omniglot"))
+    parser.add_argument("--out", default="runs/learners")
+    parser.add_argument("--learners", nargs="*", default=list(STEPS))
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--steps", type=int, help="override every learner's budget (a quick smoke run, not the benchmark)")
+    parser.add_argument("--train-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.train_child:
+        return train_child(args.train_child, args.data_dir, out / args.train_child / "run", args.steps)
+    results_path = out / "learners.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in args.learners:
+        run_dir = out / name / "run"
+        if not (run_dir / "learner.weights.h5").is_file():
+            child = subprocess.Popen([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out), "--train-child", name]
+                                     + (["--steps", str(args.steps)] if args.steps else []))
+            _, status, usage = os.wait4(child.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                sys.exit(f"training {name} failed")
+            (out / name / "peak_rss_mb").write_text(f"{usage.ru_maxrss / 1024:.1f}\n")
+        results[name] = evaluate(name, run_dir, out / name / "bundle-int8", args.data_dir, args.episodes)
+        results[name]["peak_rss_mb"] = float((out / name / "peak_rss_mb").read_text())
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        (out / "learners.md").write_text(table(results) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""MAML (Finn et al., 2017) with true second-order meta-gradients; FOMAML is its `first_order` flag."""
+
+from __future__ import annotations
+
+from edgemeta.backend import keras, tf
+from edgemeta.learners.base import Learner, register_learner
+from edgemeta.learners.functional import calibrate_batchnorm, check_backbone, forward
+
+
+@register_learner("fomaml", first_order=True)
+@register_learner("maml")
+class MAML(Learner):
+    """Adapts the whole network to each task's support set with `inner_steps` SGD steps
+    (`eval_inner_steps` at evaluation, by default the same), then returns the adapted network's query logits.
+
+    - **Second order.** The inner loop runs on a *functional* copy of the backbone
+      (`functional.forward`) under its own `GradientTape`, nested inside the one `fit` records with,
+      so the meta-gradient flows through the inner gradients (Hessian-vector products included).
+      `first_order=True` (registered as `fomaml`) stops the gradient at the inner gradients.
+    - **BatchNorm** uses each batch's statistics at training *and* test time (the MAML paper's
+      transductive setting). The exported embedding model needs moving statistics, so
+      `finish_training` computes them from the training images with the meta-learned weights.
+    - **Head.** The classifier is initialised for every task by replicating one meta-learned weight
+      vector and bias across the N classes (as in "UnicornMAML", Ye & Chao 2022). It is permutation
+      invariant, and one model serves any way N; the inner loop makes the class rows differ.
+
+    Memory: second order keeps every inner step's activations and their gradients alive for the
+    outer backward pass, so memory grows with `inner_steps` and is about 2-3x first order; on small
+    hosts use `fomaml` (see docs/learners.md for the measured figures).
+    """
+
+    def __init__(self, backbone: keras.Model, inner_steps: int = 1, eval_inner_steps: int | None = None, inner_lr: float = 0.4,
+                 first_order: bool = False, adapt: str = "all", **kwargs) -> None:
+        super().__init__(backbone, **kwargs)
+        check_backbone(backbone)
+        eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        if inner_steps < 1 or eval_inner_steps < 1:
+            raise ValueError(f"inner_steps and eval_inner_steps must be >= 1. Received: {inner_steps}, {eval_inner_steps}")
+        if adapt not in ("all", "head"):
+            raise ValueError(f"adapt must be 'all' (MAML) or 'head' (ANIL). Received: {adapt!r}")
+        self.inner_steps, self.eval_inner_steps, self.inner_lr = inner_steps, eval_inner_steps, inner_lr
+        self.first_order, self.adapt = first_order, adapt
+        self.head_kernel = self.add_weight(name="head_kernel", shape=(self.embedding_dim,), initializer="zeros")
+        self.head_bias = self.add_weight(name="head_bias", shape=(), initializer="zeros")
+
+    # -- the pieces subclasses vary ------------------------------------------------------------
+    def step_sizes(self, params: list) -> list:
+        """Inner learning rate per adapted parameter (Meta-SGD learns these)."""
+        return [self.inner_lr] * len(params)
+
+    # -- inner loop ----------------------------------------------------------------------------
+    def _logits(self, body, head, images, features=None):
+        if features is None:
+            features = forward(self.backbone, body, images)
+        return tf.matmul(features, head[0]) + head[1]
+
+    def adapt_to(self, support, support_labels, n_way, steps: int, first_order: bool):
+        """Runs the inner loop on one task; returns `(body_weights, head_weights, support_features)`.
+        `support_features` is set when only the head adapts (ANIL): the body is then fixed, so support
+        features are computed once."""
+        body = list(self.backbone.trainable_weights)
+        head = [tf.tile(self.head_kernel[:, None], [1, n_way]), tf.tile(self.head_bias[None], [n_way])]
+        features = forward(self.backbone, body, support) if self.adapt == "head" else None
+        sizes = self.step_sizes(body + head)
+        for _ in range(steps):
+            params = head if self.adapt == "head" else body + head
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                logits = self._logits(body, head, support, features)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(support_labels, logits))
+            grads = tape.gradient(loss, params)
+            if first_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            step = sizes[-len(params) :]
+            updated = [p - a * g for p, a, g in zip(params, step, grads)]
+            if self.adapt == "head":
+                head = updated
+            else:
+                body, head = updated[: len(body)], updated[len(body) :]
+        return body, head, features
+
+    def call(self, inputs, training=None):
+        support, support_labels, query = inputs
+        support_labels = tf.cast(support_labels, tf.int32)
+        steps = self.inner_steps if training else self.eval_inner_steps
+        first_order = self.first_order or not training
+        logits = []
+        # Tasks are adapted one at a time; the batch of episodes is static in `fit`, so this unrolls.
+        for b in range(support.shape[0]):
+            n_way = tf.reduce_max(support_labels[b]) + 1
+            body, head, _ = self.adapt_to(support[b], support_labels[b], n_way, steps, first_order)
+            logits.append(self._logits(body, head, query[b]))
+        return tf.stack(logits)
+
+    def finish_training(self, images) -> None:
+        calibrate_batchnorm(self.backbone, images)

@@ -1,0 +1,47 @@
+"""Reptile (Nichol et al., 2018): move the initialisation towards the weights each task's SGD reaches."""
+
+from __future__ import annotations
+
+from edgemeta.backend import keras, tf
+from edgemeta.learners.base import register_learner
+from edgemeta.learners.maml import MAML
+
+
+@register_learner("reptile")
+class Reptile(MAML):
+    """Per task, `inner_steps` SGD steps on the task's data (support and query together, as in the
+    paper) from the current initialisation theta give phi; the meta-"gradient" handed to the
+    optimizer is the mean of (theta - phi) over the batch of tasks, so `SGD(epsilon)` is exactly the
+    paper's update theta += epsilon * mean(phi - theta). No second-order terms, no outer tape.
+
+    At evaluation it adapts like MAML: `eval_inner_steps` steps on the support set, transductive
+    BatchNorm. The replicated head's meta-update uses the mean over classes of its adapted rows.
+    """
+
+    def __init__(self, backbone: keras.Model, inner_steps: int = 5, eval_inner_steps: int = 10, inner_lr: float = 0.1,
+                 **kwargs) -> None:
+        super().__init__(backbone, inner_steps, eval_inner_steps, inner_lr, first_order=True, **kwargs)
+
+    def make_optimizer(self, learning_rate):
+        return keras.optimizers.SGD(learning_rate)
+
+    def train_step(self, data):
+        (support, support_labels, query), query_labels = data
+        support_labels, query_labels = tf.cast(support_labels, tf.int32), tf.cast(query_labels, tf.int32)
+        variables = list(self.backbone.trainable_weights) + [self.head_kernel, self.head_bias]
+        deltas = [tf.zeros_like(v) for v in variables]
+        logits = []
+        for b in range(support.shape[0]):
+            n_way = tf.reduce_max(support_labels[b]) + 1
+            images = tf.concat([support[b], query[b]], 0)
+            labels = tf.concat([support_labels[b], query_labels[b]], 0)
+            body, head, _ = self.adapt_to(images, labels, n_way, self.inner_steps, first_order=True)
+            # Progress metrics: query logits of phi, i.e. accuracy on tasks it has just trained on.
+            logits.append(self._logits(body, head, query[b]))
+            phi = body + [tf.reduce_mean(head[0], 1), tf.reduce_mean(head[1])]
+            deltas = [d + (v - p) for d, v, p in zip(deltas, variables, phi)]
+        n_tasks = float(support.shape[0])
+        self.optimizer.apply_gradients(zip([d / n_tasks for d in deltas], variables))
+        logits = tf.stack(logits)
+        self.compute_loss((support, support_labels, query), query_labels, logits)
+        return self.compute_metrics((support, support_labels, query), query_labels, logits, None)
