@@ -22,8 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgemeta", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="meta-train a ProtoNet on episodes; writes RUN_DIR")
-    p.add_argument("--out", required=True, help="run directory to write (embedding.keras, run.json)")
+    p = sub.add_parser("train", help="meta-train a learner on episodes; writes RUN_DIR")
+    p.add_argument("--out", required=True, help="run directory to write (embedding.keras, learner.weights.h5, run.json)")
+    p.add_argument("--learner", default="protonet",
+                   help="protonet, matching, relation, maml, fomaml, anil, metasgd or reptile (default: protonet)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a learner option, e.g. --option inner_steps=5 --option inner_lr=0.1 (repeatable)")
     p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
     p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
     p.add_argument("--data-dir", help="Omniglot zip directory, or the training folder of class sub-folders")
@@ -55,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
     p.add_argument("--data-dir")
     p.add_argument("--alphabets", nargs="+", help="held-out Omniglot alphabets (default: the run's test split)")
+    p.add_argument("--adaptation", choices=["prototypes", "own"], default="prototypes",
+                   help="run directory only: nearest prototype over the embedding (what the board does, default) "
+                        "or the learner's own adaptation (inner loop, attention, relation module)")
 
     p = sub.add_parser("export", help="convert a run to a bundle (model.tflite + manifest.json)")
     p.add_argument("run", help="run directory written by `edgemeta train`")
@@ -88,11 +95,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _learner_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option takes KEY=VALUE. Received: {pair!r}")
+        try:
+            options[key] = json.loads(value)  # numbers, true/false
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _train(args) -> None:
-    from edgemeta.pipeline import RECIPES
+    from edgemeta.pipeline import LEARNER_SETTINGS, recipe_for
     from edgemeta.training import TrainConfig, train
 
-    base = RECIPES[args.recipe] if args.recipe else TrainConfig(dataset=args.dataset or "digits")
+    if args.recipe:
+        base = recipe_for(args.recipe, args.learner)
+    else:
+        base = TrainConfig(dataset=args.dataset or "digits", learner=args.learner, **LEARNER_SETTINGS.get(args.learner, {}))
+    if args.option:
+        base = replace(base, learner_options={**base.learner_options, **_learner_options(args.option)})
     mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
@@ -144,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             from edgemeta.pipeline import evaluate_path
 
             result = evaluate_path(args.path, args.way, args.shot, args.query, args.episodes, args.within_alphabet,
-                                   args.seed, args.dataset, args.data_dir, args.alphabets)
+                                   args.seed, args.dataset, args.data_dir, args.alphabets, args.adaptation == "own")
             print(result)
         elif args.command == "export":
             from edgemeta.pipeline import export_run

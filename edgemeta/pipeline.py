@@ -103,16 +103,21 @@ def compare_on_test(backbone, bundle: str | Path, test_set, episodes: int = 600,
 
 def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: int = 5, episodes: int = 600,
                   within_group: bool = False, seed: int = 1, dataset: str | None = None, data_dir: str | None = None,
-                  groups: list[str] | None = None) -> EvalResult:
-    """Evaluates a run directory (Keras) or a bundle (runtime) on held-out episodes.
+                  groups: list[str] | None = None, own_adaptation: bool = False) -> EvalResult:
+    """Evaluates a run directory (Keras) or a bundle (runtime) on held-out episodes: by nearest prototype
+    over the embedding, or for a run with `own_adaptation`, by the learner's own adaptation.
 
     The held-out set defaults to the run's (or, for a bundle, its provenance's) test split."""
     from edgemeta.data.episodes import EpisodeSampler
-    from edgemeta.evaluation import evaluate_adapter, evaluate_keras
+    from edgemeta.evaluation import evaluate_adapter, evaluate_keras, evaluate_learner
     from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.training import load_learner
 
     path = Path(path)
     is_bundle = (path / MANIFEST_FILE).is_file()
+    if is_bundle and own_adaptation:
+        raise ValueError(f"{str(path)!r} is a bundle: on the board it adapts by prototypes only. Pass a run directory "
+                         "(written by `edgemeta train`) to evaluate a learner's own adaptation.")
     if is_bundle:
         manifest = json.loads((path / MANIFEST_FILE).read_text())
         saved = manifest["provenance"].get("train_config", {})
@@ -135,6 +140,8 @@ def evaluate_path(path: str | Path, n_way: int = 5, k_shot: int = 1, n_query: in
     if is_bundle:
         embedder = Embedder.from_bundle(path)
         return evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
+    if own_adaptation:
+        return evaluate_learner(load_learner(path)[0], sampler, episodes)
     return evaluate_keras(backbone, sampler, episodes, metric=metric)
 
 

@@ -125,3 +125,17 @@ def test_state_from_another_model_is_refused(digits_run, tmp_path):
     FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], state=state).enroll("a", blank_with_square())
     with pytest.raises(ValueError, match="was taught with another model"):
         FewShotAdapter.from_bundle(digits_run["bundles"]["float32"], state=state)
+
+
+def test_cosine_metric_compares_directions_not_lengths():
+    from edgemeta.evaluation import nearest_prototype_accuracy
+    from edgemeta.runtime.adapter import for_metric
+
+    # The query points the way of class 1 but lies nearer (Euclidean) to class 0's prototype.
+    support, labels = np.array([[1.0, 0.0], [10.0, 10.0]]), np.array([0, 1])
+    query, truth = np.array([[0.5, 0.6]]), np.array([1])
+    assert nearest_prototype_accuracy(support, labels, query, truth, "squared_euclidean") == 0.0
+    assert nearest_prototype_accuracy(support, labels, query, truth, "cosine") == 1.0
+    np.testing.assert_allclose(np.linalg.norm(for_metric(np.array([[3.0, 4.0], [0.0, 0.0]]), "cosine")[:1], axis=1), 1.0)
+    with pytest.raises(ValueError, match="Unknown metric 'manhattan'"):
+        for_metric(support, "manhattan")

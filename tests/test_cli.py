@@ -65,3 +65,29 @@ def test_errors_are_clear_and_exit_2(tmp_path):
     (tmp_path / "support" / "empty_class").mkdir(parents=True)
     result = run_cli("adapt", "--preset", "omniglot", "--support", tmp_path / "support")
     assert result.returncode == 2 and "empty class folder(s) ['empty_class']" in result.stderr
+
+
+def test_train_any_learner_by_name_then_evaluate_its_own_adaptation(tmp_path):
+    run = tmp_path / "maml"
+    result = run_cli("train", "--learner", "fomaml", "--dataset", "digits", "--steps", "6", "--epochs", "1",
+                     "--image-size", "16", "--option", "inner_steps=2", "--option", "inner_lr=0.2", "--out", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["learner"] == "fomaml" and info["config"]["learner_options"] == {"inner_steps": 2, "inner_lr": 0.2}
+    assert info["config"]["n_way"] == 5 and info["config"]["episodes_per_batch"] == 8  # the learner's episodes
+    result = run_cli("evaluate", run, "--adaptation", "own", "--episodes", "10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5-way 1-shot:" in result.stdout and "(10 episodes" in result.stdout
+    result = run_cli("export", run, "--out", tmp_path / "bundle", "--episodes", "0")
+    assert result.returncode == 0 and (tmp_path / "bundle" / "model.tflite").is_file()
+    result = run_cli("evaluate", tmp_path / "bundle", "--adaptation", "own")
+    assert result.returncode == 2 and "adapts by prototypes only" in result.stderr
+
+
+def test_learner_errors_are_clear(tmp_path):
+    result = run_cli("train", "--learner", "mamal", "--steps", "1", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "Unknown learner 'mamal'. Expected one of" in result.stderr
+    result = run_cli("train", "--learner", "maml", "--option", "inner_step=3", "--steps", "1", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "has no option(s) ['inner_step']" in result.stderr
+    result = run_cli("train", "--learner", "maml", "--option", "inner_steps", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "--option takes KEY=VALUE. Received: 'inner_steps'" in result.stderr
