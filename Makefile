@@ -29,6 +29,8 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/jit_compile.py
 	$(BIN)/python benchmarks/omniglot_split.py --data-dir $(OMNIGLOT_DIR) --out runs/bench
+	$(BIN)/python benchmarks/learners.py --data-dir $(OMNIGLOT_DIR) --out runs/learners
+	$(BIN)/python benchmarks/maml_memory.py --out runs/learners
 
 # Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe.
 preset: venv

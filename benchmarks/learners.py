@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/learners")
     parser.add_argument("--learners", nargs="*", default=list(STEPS))
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--steps", type=int, help="override every learner's budget (a quick smoke run, not the benchmark)")
+    parser.add_argument("--steps", type=int, help="override every learner's number of steps (e.g. a longer budget, or a quick smoke run)")
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Bundle written to {path}/")
             for task, r in measured.items():
                 if "runtime" in r:
-                    print(f"  {task}: Keras float {100 * r['keras_float']['accuracy']:.2f} %, "
+                    own = f"own adaptation {100 * r['own_adaptation']['accuracy']:.2f} %, " if "own_adaptation" in r else ""
+                    print(f"  {task}: {own}Keras float prototypes {100 * r['keras_float']['accuracy']:.2f} %, "
                           f"bundle via runtime {100 * r['runtime']['accuracy']:.2f} ± {100 * r['runtime']['ci95']:.2f} %")
         elif args.command == "preset":
             from edgemeta.pipeline import build_preset

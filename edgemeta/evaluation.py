@@ -81,7 +81,7 @@ def evaluate_learner(learner, sampler, episodes: int = 600) -> EvalResult:
     sampler's episodes, one episode at a time (the same episodes `evaluate_keras` sees)."""
     from edgemeta.backend import tf
 
-    predict = tf.function(lambda x: learner(x, training=False), reduce_retracing=True)
+    predict = tf.function(lambda x: learner(x, training=False))  # one shape per sampler: traced once
     accs = []
     for x, y in sampler.episodes(1).take(episodes):
         accs.append(float(np.mean(np.argmax(predict(x).numpy(), -1) == y.numpy())))

@@ -14,7 +14,7 @@ import numpy as np
 from edgemeta import __version__
 from edgemeta.bundle import MANIFEST_FILE, update_provenance
 from edgemeta.evaluation import EvalResult
-from edgemeta.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN, TrainConfig, load_run, load_split, train
+from edgemeta.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN, TrainConfig, load_learner, load_run, load_split, train
 
 # The recipe of the shipped Omniglot preset. `omniglot-split` is the same recipe on the issues' fixed
 # split (5 alphabets to train, 3 held out), which is how its accuracy is measured.
@@ -58,7 +58,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     manifest's provenance."""
     from converters import export_bundle
 
-    backbone, run = load_run(run_dir)
+    learner, run = load_learner(run_dir)
+    backbone = learner.backbone
     config = TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
     train_set, test_set = load_split(config)
     provenance: dict[str, Any] = {
@@ -75,17 +76,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance)
     measured: dict[str, Any] = {}
     if test_set is not None and episodes:
-        measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"])
+        measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"], learner=learner)
         update_provenance(path, {**provenance, "measured_accuracy": measured})
     return path, measured
 
 
 def compare_on_test(backbone, bundle: str | Path, test_set, episodes: int = 600,
                     tasks=((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5, seed: int = 1,
-                    metric: str = "squared_euclidean") -> dict[str, Any]:
-    """Keras float vs bundle-through-runtime accuracy on identical held-out episodes."""
+                    metric: str = "squared_euclidean", learner=None) -> dict[str, Any]:
+    """Keras float vs bundle-through-runtime accuracy on identical held-out episodes, and with `learner`
+    also the learner's own adaptation (what on-device prototypes cost or gain against it)."""
     from edgemeta.data.episodes import EpisodeSampler
-    from edgemeta.evaluation import evaluate_adapter, evaluate_keras
+    from edgemeta.evaluation import evaluate_adapter, evaluate_keras, evaluate_learner
     from edgemeta.runtime import Embedder, FewShotAdapter
 
     embedder = Embedder.from_bundle(bundle)
@@ -98,6 +100,8 @@ def compare_on_test(backbone, bundle: str | Path, test_set, episodes: int = 600,
         keras_result = evaluate_keras(backbone, sampler, episodes, metric=metric)
         runtime_result = evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
         results[f"{n_way}-way {k_shot}-shot"] = {"keras_float": keras_result.to_dict(), "runtime": runtime_result.to_dict()}
+        if learner is not None and type(learner).__name__ != "ProtoNet":  # ProtoNet's own adaptation *is* keras_float
+            results[f"{n_way}-way {k_shot}-shot"]["own_adaptation"] = evaluate_learner(learner, sampler, episodes).to_dict()
     return results
 
 

@@ -171,5 +171,9 @@ def load_learner(run_dir: str | Path):
     config = info["config"]
     learner = build_learner(info["learner"], backbone, **config.get("learner_options", {}))
     learner.build_from_episode(backbone.input_shape[1:])
-    learner.load_weights(Path(run_dir) / LEARNER_WEIGHTS_FILE)
+    weights = Path(run_dir) / LEARNER_WEIGHTS_FILE
+    if weights.is_file():
+        learner.load_weights(weights)
+    elif len(learner.weights) > len(backbone.weights):  # runs of edgemeta 0.1 (ProtoNet) have no such file
+        raise FileNotFoundError(f"Run {str(run_dir)!r} has no {LEARNER_WEIGHTS_FILE}: the {info['learner']} learner needs it.")
     return learner, info

@@ -19,7 +19,7 @@ def test_train_export_evaluate_adapt(tmp_path):
 
     result = run_cli("export", run, "--out", bundle, "--episodes", "20")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "5-way 1-shot: Keras float" in result.stdout
+    assert "5-way 1-shot: Keras float prototypes" in result.stdout
     manifest = json.loads((bundle / "manifest.json").read_text())
     measured = manifest["provenance"]["measured_accuracy"]["5-way 1-shot"]
     assert measured["runtime"]["episodes"] == 20 and 0.2 < measured["runtime"]["accuracy"] <= 1.0
@@ -78,8 +78,9 @@ def test_train_any_learner_by_name_then_evaluate_its_own_adaptation(tmp_path):
     result = run_cli("evaluate", run, "--adaptation", "own", "--episodes", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "5-way 1-shot:" in result.stdout and "(10 episodes" in result.stdout
-    result = run_cli("export", run, "--out", tmp_path / "bundle", "--episodes", "0")
+    result = run_cli("export", run, "--out", tmp_path / "bundle", "--episodes", "5")
     assert result.returncode == 0 and (tmp_path / "bundle" / "model.tflite").is_file()
+    assert "5-way 1-shot: own adaptation" in result.stdout  # both numbers: inner loop and on-device prototypes
     result = run_cli("evaluate", tmp_path / "bundle", "--adaptation", "own")
     assert result.returncode == 2 and "adapts by prototypes only" in result.stderr
 

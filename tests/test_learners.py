@@ -18,12 +18,12 @@ LR = {"reptile": 1.0, "relation": 1e-3}  # the relation MLP saturates (sigmoid -
 STEPS = {"relation": 80}  # its MSE loss learns more slowly at that rate
 
 
-@pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_learner_loss_falls_then_exports_and_adapts(name, tmp_path):
+@pytest.mark.parametrize("name,options", [(n, FAST.get(n, {})) for n in sorted(LEARNERS)] + [("matching", {"fce": True})])
+def test_learner_loss_falls_then_exports_and_adapts(name, options, tmp_path):
     keras.utils.set_random_seed(0)
     data = toy_dataset(classes=14, size=16)
     train, held_out = data.subset(classes=list(range(8))), data.subset(classes=list(range(8, 14)))
-    learner = build_learner(name, tiny_backbone(), **FAST.get(name, {}))
+    learner = build_learner(name, tiny_backbone(), **options)
     learner.compile(learner.make_optimizer(LR.get(name, 3e-3)), learner.episode_loss(), ["accuracy"])
     episodes = EpisodeSampler(train, 4, 1, 3, seed=0).episodes(episodes_per_batch=2)
     fixed = episodes.take(6).cache()

@@ -86,11 +86,19 @@ class MAML(Learner):
         first_order = self.first_order or not training
         logits = []
         # Tasks are adapted one at a time; the batch of episodes is static in `fit`, so this unrolls.
-        for b in range(support.shape[0]):
+        for b in range(self.static_batch(support)):
             n_way = tf.reduce_max(support_labels[b]) + 1
             body, head, _ = self.adapt_to(support[b], support_labels[b], n_way, steps, first_order)
             logits.append(self._logits(body, head, query[b]))
         return tf.stack(logits)
+
+    @staticmethod
+    def static_batch(support) -> int:
+        if support.shape[0] is None:
+            raise ValueError("Gradient-based learners adapt each episode of a batch separately and need a static "
+                             "number of episodes per batch: batch with drop_remainder=True (EpisodeSampler.episodes "
+                             f"does). Received: support of shape {support.shape}")
+        return int(support.shape[0])
 
     def finish_training(self, images) -> None:
         calibrate_batchnorm(self.backbone, images)

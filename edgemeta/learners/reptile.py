@@ -31,7 +31,7 @@ class Reptile(MAML):
         variables = list(self.backbone.trainable_weights) + [self.head_kernel, self.head_bias]
         deltas = [tf.zeros_like(v) for v in variables]
         logits = []
-        for b in range(support.shape[0]):
+        for b in range(self.static_batch(support)):
             n_way = tf.reduce_max(support_labels[b]) + 1
             images = tf.concat([support[b], query[b]], 0)
             labels = tf.concat([support_labels[b], query_labels[b]], 0)
@@ -40,7 +40,7 @@ class Reptile(MAML):
             logits.append(self._logits(body, head, query[b]))
             phi = body + [tf.reduce_mean(head[0], 1), tf.reduce_mean(head[1])]
             deltas = [d + (v - p) for d, v, p in zip(deltas, variables, phi)]
-        n_tasks = float(support.shape[0])
+        n_tasks = float(self.static_batch(support))
         self.optimizer.apply_gradients(zip([d / n_tasks for d in deltas], variables))
         logits = tf.stack(logits)
         self.compute_loss((support, support_labels, query), query_labels, logits)
