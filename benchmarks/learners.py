@@ -70,12 +70,14 @@ def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes
 
 def table(results: dict) -> str:
     cell = lambda r: f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"  # noqa: E731
-    header = ["learner", "adaptation"] + [f"{n}-way {k}-shot" for n, k in TASKS] + ["train (min)", "episodes/s", "peak RSS (MB)"]
+    header = ["learner", "adaptation"] + [f"{n}-way {k}-shot" for n, k in TASKS] + ["train (min)", "episodes/s", "images/s", "peak RSS (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         for i, (key, label) in enumerate((("own", "own"), ("prototypes_float", "prototypes, Keras float"),
                                           ("runtime_int8", "prototypes, int8 runtime"))):
-            extra = [f"{r['train_seconds'] / 60:.1f}", f"{r['episodes_per_second']:.1f}", f"{r['peak_rss_mb']:.0f}"] if i == 0 else ["", "", ""]
+            n, k, q = r["train_episode"]
+            extra = [f"{r['train_seconds'] / 60:.1f}", f"{r['episodes_per_second']:.1f} ({n}-way)",
+                     f"{r['episodes_per_second'] * n * (k + q):.0f}", f"{r['peak_rss_mb']:.0f}"] if i == 0 else ["", "", "", ""]
             lines.append("| " + " | ".join([name if i == 0 else "", label] + [cell(r["tasks"][f"{n}-way {k}-shot"][key]) for n, k in TASKS] + extra) + " |")
     return "\n".join(lines)
 
