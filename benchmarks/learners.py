@@ -23,7 +23,7 @@ from pathlib import Path
 
 # The fixed budget: optimizer steps per learner (episode shapes and options: edgemeta.pipeline.LEARNER_SETTINGS).
 # Chosen so each trains in 4-8 minutes on a 2-core CPU.
-STEPS = {"protonet": 1500, "matching": 1500, "relation": 1500, "maml": 1000, "fomaml": 1000, "anil": 1000,
+STEPS = {"protonet": 1000, "matching": 1000, "relation": 1000, "maml": 1000, "fomaml": 1000, "anil": 1000,
          "metasgd": 1000, "reptile": 600}
 TASKS = ((5, 1), (5, 5), (20, 1))
 
