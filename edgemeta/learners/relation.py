@@ -7,7 +7,6 @@ from edgemeta.learners.base import Learner, register_learner
 from edgemeta.learners.protonet import prototypes
 
 
-@keras.saving.register_keras_serializable(package="edgemeta")
 def relation_mse(y_true, scores):
     """The paper's loss: mean squared error between sigmoid relation scores and the one-hot target."""
     n_way = tf.shape(scores)[-1]
