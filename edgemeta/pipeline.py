@@ -35,7 +35,9 @@ RECIPES = {
 _GRADIENT_TASKS = dict(n_way=5, k_shot=1, n_query=5, episodes_per_batch=8)
 LEARNER_SETTINGS: dict[str, dict[str, Any]] = {
     "maml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
-    "fomaml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    # First-order MAML drops the path through the inner step, so one step leaves the head barely adapted
+    # (measured: 81.8 % 5-way 1-shot at 1000 steps); five steps are cheap without second-order terms.
+    "fomaml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 5, "inner_lr": 0.4}),
     "metasgd": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
     "anil": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.4}),
     # Relation's MSE over sigmoid scores collapses to "no class matches" on 60-way episodes (measured:
