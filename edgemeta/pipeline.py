@@ -32,20 +32,21 @@ RECIPES = {
 # Each learner's episodes and options on top of a recipe (data, augmentation, seed, steps). ProtoNet and
 # Matching train on the recipe's large episodes; Relation and the gradient-based learners on batches of
 # 5-way tasks, as in their papers. `benchmarks/learners.py` trains each with a fixed number of steps (docs/learners.md).
-_GRADIENT_TASKS = dict(n_way=5, k_shot=1, n_query=5, episodes_per_batch=8)
+_FIVE_WAY_TASKS = dict(n_way=5, k_shot=1, n_query=5, episodes_per_batch=8)
 LEARNER_SETTINGS: dict[str, dict[str, Any]] = {
-    "maml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    "maml": dict(_FIVE_WAY_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
     # First-order MAML drops the path through the inner step, so one step leaves the head barely adapted
     # (measured: 81.8 % 5-way 1-shot at 1000 steps); five steps are cheap without second-order terms.
-    "fomaml": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 5, "inner_lr": 0.4}),
-    "metasgd": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
-    "anil": dict(_GRADIENT_TASKS, learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.4}),
+    "fomaml": dict(_FIVE_WAY_TASKS, learner_options={"inner_steps": 5, "inner_lr": 0.4, "head_init": "prototypes"}),
+    "metasgd": dict(_FIVE_WAY_TASKS, learner_options={"inner_steps": 1, "inner_lr": 0.4}),
+    "anil": dict(_FIVE_WAY_TASKS, learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.4,
+                                                   "head_init": "prototypes"}),
     # Relation's MSE over sigmoid scores collapses to "no class matches" on 60-way episodes (measured:
     # loss 1/60, chance accuracy); the paper trains it on 5-way episodes.
-    "relation": dict(_GRADIENT_TASKS),
+    "relation": dict(_FIVE_WAY_TASKS),
     # Reptile's outer step is plain SGD on (theta - phi): learning rate 1.0 decayed, as in the paper.
-    "reptile": dict(_GRADIENT_TASKS, episodes_per_batch=4, learning_rate=1.0,
-                    learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.1}),
+    "reptile": dict(_FIVE_WAY_TASKS, episodes_per_batch=4, learning_rate=1.0,
+                    learner_options={"inner_steps": 5, "eval_inner_steps": 10, "inner_lr": 0.1, "head_init": "prototypes"}),
 }
 
 

@@ -18,7 +18,11 @@ LR = {"reptile": 1.0, "relation": 1e-3}  # the relation MLP saturates (sigmoid -
 STEPS = {"relation": 80}  # its MSE loss learns more slowly at that rate
 
 
-@pytest.mark.parametrize("name,options", [(n, FAST.get(n, {})) for n in sorted(LEARNERS)] + [("matching", {"fce": True})])
+# Proto-MAML heads (Reptile's is checked below: on these toy tasks its prototype head is right from step 0).
+PROTO_HEAD = [("fomaml", {"head_init": "prototypes"})]
+
+
+@pytest.mark.parametrize("name,options", [(n, FAST.get(n, {})) for n in sorted(LEARNERS)] + [("matching", {"fce": True})] + PROTO_HEAD)
 def test_learner_loss_falls_then_exports_and_adapts(name, options, tmp_path):
     keras.utils.set_random_seed(0)
     data = toy_dataset(classes=14, size=16)
@@ -86,3 +90,39 @@ def test_maml_serves_any_way_and_its_own_adaptation_uses_the_support():
     perm = np.roll(np.arange(7), 1)
     swapped = maml((support, perm[labels.numpy()], query), training=False).numpy()
     np.testing.assert_allclose(swapped[..., perm], logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["maml", "anil", "reptile"])
+def test_prototype_head_starts_as_the_nearest_prototype_classifier(name):
+    # Proto-MAML: with a zero inner step size the adapted head *is* the initial one, whose logits
+    # 2 c.x - |c|^2 differ from -|x - c|^2 by |x|^2, the same for every class of a query.
+    keras.utils.set_random_seed(0)
+    learner = build_learner(name, tiny_backbone(), head_init="prototypes", inner_lr=0.0)
+    assert not any("head" in w.name for w in learner.trainable_weights)  # nothing to meta-learn in the head
+    (support, labels, query), _ = next(iter(EpisodeSampler(toy_dataset(classes=5, size=16), 5, 2, 3, seed=0).episodes(1)))
+    from edgemeta.learners.functional import forward
+    body = learner.backbone.trainable_weights  # the inner loop's features use batch statistics
+    s, q = forward(learner.backbone, body, support[0]).numpy(), forward(learner.backbone, body, query[0]).numpy()
+    prototypes = np.stack([s[labels[0].numpy() == k].mean(0) for k in range(5)])
+    expected = -((q[:, None] - prototypes[None]) ** 2).sum(-1)
+    logits = learner((support, labels, query), training=False).numpy()[0]
+    shift = (logits - expected)[:, :1]
+    np.testing.assert_allclose(logits - shift, expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(shift[:, 0], (q ** 2).sum(-1), rtol=1e-4, atol=1e-3)
+
+
+def test_head_init_errors_say_what_was_received():
+    with pytest.raises(ValueError, match="head_init must be .* Received: 'proto'"):
+        build_learner("anil", tiny_backbone(), head_init="proto")
+
+
+def test_reptile_with_prototype_head_meta_learns_the_body_only():
+    keras.utils.set_random_seed(0)
+    reptile = build_learner("reptile", tiny_backbone(), head_init="prototypes", inner_steps=2, eval_inner_steps=2)
+    reptile.compile(reptile.make_optimizer(1.0), reptile.episode_loss(), ["accuracy"])
+    episodes = EpisodeSampler(toy_dataset(classes=8, size=16), 4, 1, 3, seed=0).episodes(episodes_per_batch=2)
+    before = [w.numpy() for w in reptile.trainable_weights]
+    reptile.fit(episodes, steps_per_epoch=2, epochs=1, verbose=0)
+    # Tiny moves (the toy tasks are nearly solved by the prototypes), but every body weight moved.
+    assert len(before) == len(reptile.backbone.trainable_weights)
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, reptile.backbone.trainable_weights))

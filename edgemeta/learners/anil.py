@@ -14,5 +14,5 @@ class ANIL(MAML):
     Defaults follow the ANIL paper's Omniglot setting (more, smaller inner steps than MAML)."""
 
     def __init__(self, backbone: keras.Model, inner_steps: int = 5, eval_inner_steps: int = 10, inner_lr: float = 0.4,
-                 first_order: bool = False, **kwargs) -> None:
-        super().__init__(backbone, inner_steps, eval_inner_steps, inner_lr, first_order, adapt="head", **kwargs)
+                 first_order: bool = False, head_init: str = "meta", **kwargs) -> None:
+        super().__init__(backbone, inner_steps, eval_inner_steps, inner_lr, first_order, head_init, adapt="head", **kwargs)

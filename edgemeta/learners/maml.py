@@ -20,9 +20,13 @@ class MAML(Learner):
     - **BatchNorm** uses each batch's statistics at training *and* test time (the MAML paper's
       transductive setting). The exported embedding model needs moving statistics, so
       `finish_training` computes them from the training images with the meta-learned weights.
-    - **Head.** The classifier is initialised for every task by replicating one meta-learned weight
-      vector and bias across the N classes (as in "UnicornMAML", Ye & Chao 2022). It is permutation
-      invariant, and one model serves any way N; the inner loop makes the class rows differ.
+    - **Head.** `head_init="meta"`: the classifier is initialised for every task by replicating one
+      meta-learned weight vector and bias across the N classes (as in "UnicornMAML", Ye & Chao 2022).
+      It is permutation invariant, and one model serves any way N; the inner loop makes the class rows
+      differ. `head_init="prototypes"` is Proto-MAML (Triantafillou et al., 2020): row k starts as
+      `2 c_k`, bias `-|c_k|^2`, with c_k the mean support embedding of class k, i.e. exactly the
+      nearest-prototype classifier the board runs; the inner loop refines it, and the meta-gradient
+      also flows through the prototypes (first order included).
 
     Memory: second order keeps every inner step's activations and their gradients alive for the
     outer backward pass, so memory grows with `inner_steps` and is about 2-3x first order; on small
@@ -30,7 +34,7 @@ class MAML(Learner):
     """
 
     def __init__(self, backbone: keras.Model, inner_steps: int = 1, eval_inner_steps: int | None = None, inner_lr: float = 0.4,
-                 first_order: bool = False, adapt: str = "all", **kwargs) -> None:
+                 first_order: bool = False, head_init: str = "meta", adapt: str = "all", **kwargs) -> None:
         super().__init__(backbone, **kwargs)
         check_backbone(backbone)
         eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -38,10 +42,13 @@ class MAML(Learner):
             raise ValueError(f"inner_steps and eval_inner_steps must be >= 1. Received: {inner_steps}, {eval_inner_steps}")
         if adapt not in ("all", "head"):
             raise ValueError(f"adapt must be 'all' (MAML) or 'head' (ANIL). Received: {adapt!r}")
+        if head_init not in ("meta", "prototypes"):
+            raise ValueError(f"head_init must be 'meta' (a meta-learned head) or 'prototypes' (Proto-MAML). Received: {head_init!r}")
         self.inner_steps, self.eval_inner_steps, self.inner_lr = inner_steps, eval_inner_steps, inner_lr
-        self.first_order, self.adapt = first_order, adapt
-        self.head_kernel = self.add_weight(name="head_kernel", shape=(self.embedding_dim,), initializer="zeros")
-        self.head_bias = self.add_weight(name="head_bias", shape=(), initializer="zeros")
+        self.first_order, self.adapt, self.head_init = first_order, adapt, head_init
+        if head_init == "meta":  # with prototypes the head comes from the support set: nothing to meta-learn
+            self.head_kernel = self.add_weight(name="head_kernel", shape=(self.embedding_dim,), initializer="zeros")
+            self.head_bias = self.add_weight(name="head_bias", shape=(), initializer="zeros")
 
     # -- the pieces subclasses vary ------------------------------------------------------------
     def step_sizes(self, params: list) -> list:
@@ -54,13 +61,21 @@ class MAML(Learner):
             features = forward(self.backbone, body, images)
         return tf.matmul(features, head[0]) + head[1]
 
-    def adapt_to(self, support, support_labels, n_way, steps: int, first_order: bool):
+    def adapt_to(self, support, support_labels, n_way, steps: int, first_order: bool, prototype_count: int | None = None):
         """Runs the inner loop on one task; returns `(body_weights, head_weights, support_features)`.
         `support_features` is set when only the head adapts (ANIL): the body is then fixed, so support
-        features are computed once."""
+        features are computed once. A prototype head is built from the first `prototype_count` support
+        items (default: all of them)."""
         body = list(self.backbone.trainable_weights)
-        head = [tf.tile(self.head_kernel[:, None], [1, n_way]), tf.tile(self.head_bias[None], [n_way])]
         features = forward(self.backbone, body, support) if self.adapt == "head" else None
+        if self.head_init == "prototypes":
+            count = prototype_count or support.shape[0]
+            # Embedded with the whole adaptation batch, so BatchNorm's batch statistics match the inner loop's.
+            seen = (features if features is not None else forward(self.backbone, body, support))[:count]
+            prototypes = tf.math.unsorted_segment_mean(seen, support_labels[:count], n_way)
+            head = [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), -1)]
+        else:
+            head = [tf.tile(self.head_kernel[:, None], [1, n_way]), tf.tile(self.head_bias[None], [n_way])]
         sizes = self.step_sizes(body + head)
         for _ in range(steps):
             params = head if self.adapt == "head" else body + head

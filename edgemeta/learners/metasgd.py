@@ -13,8 +13,8 @@ class MetaSGD(MAML):
     (initialised to `inner_lr`), learned by the outer loop together with the initialisation."""
 
     def __init__(self, backbone: keras.Model, inner_steps: int = 1, eval_inner_steps: int = 1, inner_lr: float = 0.4,
-                 first_order: bool = False, **kwargs) -> None:
-        super().__init__(backbone, inner_steps, eval_inner_steps, inner_lr, first_order, **kwargs)
+                 first_order: bool = False, head_init: str = "meta", **kwargs) -> None:
+        super().__init__(backbone, inner_steps, eval_inner_steps, inner_lr, first_order, head_init, **kwargs)
         init = keras.initializers.Constant(inner_lr)
         shapes = [w.shape for w in self.backbone.trainable_weights] + [(self.embedding_dim, 1), (1,)]
         # Head rates are shared across classes (shape (D, 1), (1,)): like the head itself, one model, any way.
