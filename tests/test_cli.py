@@ -73,7 +73,9 @@ def test_train_any_learner_by_name_then_evaluate_its_own_adaptation(tmp_path):
                      "--image-size", "16", "--option", "inner_steps=2", "--option", "inner_lr=0.2", "--out", run)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((run / "run.json").read_text())
-    assert info["learner"] == "fomaml" and info["config"]["learner_options"] == {"inner_steps": 2, "inner_lr": 0.2}
+    # --option overrides single keys; the recipe's other options (its prototype head) stay.
+    assert info["learner"] == "fomaml"
+    assert info["config"]["learner_options"] == {"inner_steps": 2, "inner_lr": 0.2, "head_init": "prototypes"}
     assert info["config"]["n_way"] == 5 and info["config"]["episodes_per_batch"] == 8  # the learner's episodes
     result = run_cli("evaluate", run, "--adaptation", "own", "--episodes", "10")
     assert result.returncode == 0, result.stderr[-3000:]
