@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgemeta.backend import keras, tf
 from edgemeta.learners.base import Learner, register_learner
 from edgemeta.learners.functional import calibrate_batchnorm, check_backbone, forward
+from edgemeta.learners.protonet import prototypes
 
 
 @register_learner("fomaml", first_order=True)
@@ -72,8 +73,8 @@ class MAML(Learner):
             count = prototype_count or support.shape[0]
             # Embedded with the whole adaptation batch, so BatchNorm's batch statistics match the inner loop's.
             seen = (features if features is not None else forward(self.backbone, body, support))[:count]
-            prototypes = tf.math.unsorted_segment_mean(seen, support_labels[:count], n_way)
-            head = [2.0 * tf.transpose(prototypes), -tf.reduce_sum(tf.square(prototypes), -1)]
+            centres = prototypes(seen[None], support_labels[None, :count], n_way)[0]
+            head = [2.0 * tf.transpose(centres), -tf.reduce_sum(tf.square(centres), -1)]
         else:
             head = [tf.tile(self.head_kernel[:, None], [1, n_way]), tf.tile(self.head_bias[None], [n_way])]
         sizes = self.step_sizes(body + head)
