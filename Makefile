@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Absolute, so that it still holds for processes started in another directory.
 OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
-.PHONY: venv demo demo-omniglot test bench preset clean
+.PHONY: venv demo demo-omniglot test bench bench-compression preset clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ bench: venv
 	$(BIN)/python benchmarks/omniglot_split.py --data-dir $(OMNIGLOT_DIR) --out runs/bench
 	$(BIN)/python benchmarks/learners.py --data-dir $(OMNIGLOT_DIR) --out runs/learners
 	$(BIN)/python benchmarks/maml_memory.py --out runs/learners
+	$(MAKE) bench-compression
+
+# The compression report (docs/compression.md): every variant of benchmarks/compression.toml on the
+# ProtoNet of the Omniglot split, trained first when runs/omniglot-split is missing (about 2.5 h on 2 cores).
+bench-compression: venv
+	test -f runs/omniglot-split/embedding.keras || $(BIN)/edgemeta train --recipe omniglot-split --data-dir $(OMNIGLOT_DIR) --out runs/omniglot-split
+	$(BIN)/edgemeta compress runs/omniglot-split --config benchmarks/compression.toml --out runs/compression --data-dir $(OMNIGLOT_DIR)
 
 # Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe.
 preset: venv

@@ -12,7 +12,13 @@ from edgemeta.bundle import Manifest, write_bundle
 from edgemeta.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
 
-QUANTIZATIONS = ("int8", "float32")
+# Post-training modes. int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8: int16
+# activations, int8 weights (more accurate, slower reference kernels). float16: float16 weights. dynamic:
+# int8 weights, float activations. float32: no quantization.
+QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float32")
+SCHEMES = {"int8": "full_integer", "int16x8": "int16_activations", "float16": "float16_weights",
+           "dynamic": "dynamic_range", "float32": "none"}
+_CALIBRATED = ("int8", "int16x8")
 
 
 def to_tflite(model, quantization: str = "int8", representative_images: np.ndarray | None = None,
@@ -21,14 +27,16 @@ def to_tflite(model, quantization: str = "int8", representative_images: np.ndarr
 
     `int8` is full-integer quantization (builtins only, int8 input and output), calibrated on up to
     `calibration_samples` of `representative_images` (preprocessed training images); this is what the
-    Coral Edge TPU and fast Pi kernels need. `float32` is a plain conversion.
+    Coral Edge TPU and fast Pi kernels need. `int16x8` is calibrated the same way and keeps float input
+    and output. `float16`, `dynamic` and `float32` need no calibration (see `QUANTIZATIONS`). A model
+    after quantization-aware training (TFMOT) converts with `int8` and uses its trained ranges.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}. Received: {quantization!r}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantization == "int8":
+    if quantization in _CALIBRATED:
         if representative_images is None or len(representative_images) == 0:
-            raise ValueError("int8 quantization needs representative_images (preprocessed training images). Received: none")
+            raise ValueError(f"{quantization} quantization needs representative_images (preprocessed training images). Received: none")
         expected = tuple(model.input_shape[1:])
         if tuple(representative_images.shape[1:]) != expected:
             raise ValueError(f"representative_images must have shape (n, *{expected}). Received: {representative_images.shape}")
@@ -42,9 +50,16 @@ def to_tflite(model, quantization: str = "int8", representative_images: np.ndarr
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if quantization == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    elif quantization in ("float16", "dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
 
 
@@ -69,7 +84,7 @@ def export_bundle(model, directory: str | Path, preprocessing: Preprocessing, qu
             f"{preprocessing.input_shape}."
         )
     model_bytes = to_tflite(model, quantization, representative_images)
-    quant = {"scheme": "full_integer" if quantization == "int8" else "none", **_tensor_quantization(model_bytes)}
+    quant = {"scheme": SCHEMES[quantization], **_tensor_quantization(model_bytes)}
     manifest = Manifest(
         preprocessing=preprocessing,
         embedding_size=int(model.output_shape[-1]),

@@ -1,4 +1,4 @@
-"""The `edgemeta` command: train, evaluate, export, adapt, preset, demo.
+"""The `edgemeta` command: train, evaluate, export, compress, adapt, preset, demo.
 
 `adapt` needs only the runtime (no TensorFlow); the other commands import it lazily.
 """
@@ -66,8 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="convert a run to a bundle (model.tflite + manifest.json)")
     p.add_argument("run", help="run directory written by `edgemeta train`")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--quantization", choices=["int8", "float32"], default="int8")
+    p.add_argument("--quantization", choices=["int8", "int16x8", "float16", "dynamic", "float32"], default="int8")
     p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
+
+    p = sub.add_parser("compress", help="prune, cluster, quantize and/or distil a run; bundles + size/accuracy report")
+    p.add_argument("run", help="run directory written by `edgemeta train` (the teacher)")
+    p.add_argument("--out", required=True, help="directory: one bundle per variant, report.md/.json, pareto.png")
+    p.add_argument("--config", help="JSON or TOML file of recipe fields or [variants.NAME] tables (see docs/compression.md)")
+    p.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning to this sparsity, e.g. 0.75")
+    p.add_argument("--structured", action="store_true", help="2:4 structured sparsity (50 %%) instead of --prune")
+    p.add_argument("--cluster", type=int, metavar="N", help="weight clustering: N unique values per kernel")
+    p.add_argument("--qat", action="store_true", help="quantization-aware training, then int8")
+    p.add_argument("--quantization", choices=["int8", "int16x8", "float16", "dynamic", "float32"],
+                   help="conversion (default int8)")
+    p.add_argument("--distill-width", type=float, metavar="W", help="distil into a student W times as wide, e.g. 0.5")
+    p.add_argument("--separable", action="store_true", help="the distilled student uses depthwise-separable blocks")
+    p.add_argument("--steps", type=int, help="episodic fine-tuning steps per stage (default 1000)")
+    p.add_argument("--lr", type=float, dest="learning_rate", help="fine-tuning learning rate (default 1e-4)")
+    p.add_argument("--distill-steps", type=int, help="student training steps (default 4000)")
+    p.add_argument("--episodes", type=int, default=600, help="held-out episodes per task in the report (0: no report)")
     p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
 
     p = sub.add_parser("preset", help="rebuild a shipped preset bundle from its recipe (train + export)")
@@ -137,6 +155,29 @@ def _train(args) -> None:
     print(f"Trained on {train_set}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
 
 
+def _compress(args) -> None:
+    from edgemeta.compress import CompressionRecipe, compress_variants, load_recipes
+
+    flags = {"prune": args.prune, "structured": args.structured or None, "cluster": args.cluster, "qat": args.qat or None,
+             "quantization": args.quantization, "distill_width": args.distill_width, "separable": args.separable or None,
+             "steps": args.steps, "learning_rate": args.learning_rate, "distill_steps": args.distill_steps}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.config:
+        # Flags given with a config file apply to every variant in it (e.g. fewer --steps for a quick try).
+        recipes = {name: CompressionRecipe.from_dict({**r.to_dict(), **flags}) for name, r in load_recipes(args.config).items()}
+    else:
+        recipe = CompressionRecipe(**flags)
+        recipes = {recipe.name: recipe}
+    command = "edgemeta " + " ".join(args.argv)
+    report = compress_variants(args.run, recipes, args.out, args.data_dir, args.episodes, verbose=2, command=command)
+    for v in report["variants"]:
+        acc = "  ".join(f"{t} {100 * r['accuracy']:.2f} %" for t, r in v.get("accuracy", {}).items())
+        size = f"{v['tflite_bytes']:,} bytes (gzip {v['gzip_bytes']:,})  " if "tflite_bytes" in v else ""
+        print(f"{v['name']}: {v['bundle']}  {size}{acc}")
+    if args.episodes:
+        print(f"Report: {Path(args.out) / 'report.md'}")
+
+
 def _adapt(args) -> None:
     from edgemeta.data.folder import list_image_folder
     from edgemeta.runtime import FewShotAdapter
@@ -161,7 +202,9 @@ def _adapt(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command == "train":
             _train(args)
@@ -181,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     own = f"own adaptation {100 * r['own_adaptation']['accuracy']:.2f} %, " if "own_adaptation" in r else ""
                     print(f"  {task}: {own}Keras float prototypes {100 * r['keras_float']['accuracy']:.2f} %, "
                           f"bundle via runtime {100 * r['runtime']['accuracy']:.2f} ± {100 * r['runtime']['ci95']:.2f} %")
+        elif args.command == "compress":
+            _compress(args)
         elif args.command == "preset":
             from edgemeta.pipeline import build_preset
 

@@ -97,7 +97,6 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     strategy scope, whatever it is.
     """
     from edgemeta.backend import keras, tf
-    from edgemeta.data.episodes import EpisodeSampler
     from edgemeta.learners import BACKBONES, build_learner
 
     out_dir = Path(out_dir)
@@ -110,27 +109,12 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
         train_set, test_set = load_split(config)
     if config.backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
-    sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         net = build_learner(config.learner, BACKBONES[config.backbone](train_set.preprocessing.input_shape),
                             **config.learner_options)
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
-        net.compile(
-            optimizer=net.make_optimizer(schedule),
-            loss=net.episode_loss(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-    steps_per_epoch = max(1, config.steps // config.epochs)
     start = time.time()
-    history = net.fit(
-        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift, max_rotation=config.max_rotation,
-                         max_scale=config.max_scale, max_shear=config.max_shear),
-        steps_per_epoch=steps_per_epoch,
-        epochs=config.epochs,
-        callbacks=list(callbacks),
-        verbose=verbose,
-    )
+    history = fit_episodes(net, train_set, config, callbacks, verbose)
     net.finish_training(train_set.images)
     train_seconds = time.time() - start
     net.backbone.save(out_dir / EMBEDDING_FILE)
@@ -148,6 +132,32 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
     return net, train_set, test_set
+
+
+def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbacks: Sequence[Any] = (),
+                 verbose: int | str = "auto"):
+    """Compiles `net` (cosine-decayed `config.learning_rate`, the learner's episode loss) and fits it on
+    `config`'s augmented episodes of `train_set`. Meta-training and compression fine-tuning both use it.
+    Returns the Keras `History`."""
+    from edgemeta.backend import keras, tf
+    from edgemeta.data.episodes import EpisodeSampler
+
+    sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
+    with tf.distribute.get_strategy().scope():
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
+        net.compile(
+            optimizer=net.make_optimizer(schedule),
+            loss=net.episode_loss(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    return net.fit(
+        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift, max_rotation=config.max_rotation,
+                         max_scale=config.max_scale, max_shear=config.max_shear),
+        steps_per_epoch=max(1, config.steps // config.epochs),
+        epochs=config.epochs,
+        callbacks=list(callbacks),
+        verbose=verbose,
+    )
 
 
 def load_run(run_dir: str | Path):
