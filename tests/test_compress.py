@@ -21,6 +21,16 @@ def _kernels(model):
     return {layer.name: layer.kernel.numpy() for layer in model.layers if isinstance(layer, PRUNABLE)}
 
 
+def _tflite_kernels(model_bytes: bytes) -> list[np.ndarray]:
+    """The int8 conv weight tensors of a converted model, as the interpreter holds them."""
+    from edgemeta.runtime.interpreter import interpreter_class
+
+    interpreter = interpreter_class()[0](model_content=model_bytes)
+    interpreter.allocate_tensors()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+            if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] > 1 and len(d["quantization_parameters"]["scales"]) > 1]
+
+
 def _fine_tune(digits_run, recipe):
     from edgemeta.compress import fine_tune_stages
     from edgemeta.training import TrainConfig, load_run
@@ -33,6 +43,8 @@ def _fine_tune(digits_run, recipe):
 def test_pruning_reaches_the_target_sparsity_and_shrinks_the_gzipped_bundle(digits_run, tmp_path):
     row = compress(digits_run["run"], CompressionRecipe(prune=0.75, steps=STEPS), tmp_path / "p75", episodes=30, verbose=0)
     assert row["sparsity"] == pytest.approx(0.75, abs=0.01)
+    kernels = _tflite_kernels((tmp_path / "p75" / "model.tflite").read_bytes())
+    assert len(kernels) == 4 and sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.74  # in the shipped file
     dense_gzip = len(gzip.compress((digits_run["bundles"]["int8"] / "model.tflite").read_bytes(), 9))
     assert row["gzip_bytes"] < 0.6 * dense_gzip
     manifest = json.loads((tmp_path / "p75" / "manifest.json").read_text())
@@ -44,7 +56,7 @@ def test_pruning_reaches_the_target_sparsity_and_shrinks_the_gzipped_bundle(digi
 def test_structured_pruning_leaves_two_zeros_in_every_four_weights(digits_run):
     from edgemeta.compress.pruning import kernel_sparsity
 
-    teacher, (model, stages) = _fine_tune(digits_run, CompressionRecipe(structured=True, steps=STEPS))
+    teacher, (model, _, stages) = _fine_tune(digits_run, CompressionRecipe(structured=True, steps=STEPS))
     assert stages == ["prune-2:4"]
     for name, kernel in _kernels(model).items():
         per_filter = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)  # TFMOT's grouping: per output channel
@@ -62,7 +74,7 @@ def test_clustering_keeps_at_most_the_cluster_count_and_the_zeros(digits_run, pr
     from edgemeta.compress.clustering import unique_weights_per_kernel
     from edgemeta.compress.pruning import kernel_sparsity
 
-    _, (model, stages) = _fine_tune(digits_run, CompressionRecipe(prune=prune, cluster=4, quantization="float32", steps=STEPS))
+    _, (model, _, stages) = _fine_tune(digits_run, CompressionRecipe(prune=prune, cluster=4, quantization="float32", steps=STEPS))
     assert stages[-1] == "cluster-4"
     counts = unique_weights_per_kernel(model)
     assert counts and max(counts.values()) <= 4, counts
@@ -73,21 +85,34 @@ def test_clustering_keeps_at_most_the_cluster_count_and_the_zeros(digits_run, pr
 def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_path):
     from edgemeta.runtime import Embedder
 
-    _, (model, stages) = _fine_tune(digits_run, CompressionRecipe(prune=0.5, qat=True, steps=STEPS))
+    _, (qat_model, float_model, stages) = _fine_tune(digits_run, CompressionRecipe(prune=0.5, qat=True, steps=STEPS))
     assert stages == ["prune-0.5", "pqat"]
     from converters import export_bundle
 
     images = digits_run["test"].images[:64]
-    path = export_bundle(model.qat_model, tmp_path / "b", digits_run["train"].preprocessing, "int8", digits_run["train"].images)
+    path = export_bundle(qat_model, tmp_path / "b", digits_run["train"].preprocessing, "int8", digits_run["train"].images)
     assert json.loads((path / "manifest.json").read_text())["input"]["dtype"] == "int8"
-    keras_out = model.qat_model.predict(images, verbose=0)
+    keras_out = qat_model.predict(images, verbose=0)
     tflite_out = Embedder.from_bundle(path).embed_preprocessed(images)
     cosine = (keras_out * tflite_out).sum(1) / (np.linalg.norm(keras_out, axis=1) * np.linalg.norm(tflite_out, axis=1) + 1e-9)
     assert cosine.min() > 0.98, cosine.min()
     # PQAT keeps the pruned zeros through quantization-aware training.
     from edgemeta.compress.pruning import kernel_sparsity
 
-    assert kernel_sparsity(model.float_model) == pytest.approx(0.5, abs=0.01)
+    assert kernel_sparsity(float_model) == pytest.approx(0.5, abs=0.01)
+    kernels = _tflite_kernels((path / "model.tflite").read_bytes())
+    assert sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.49
+
+
+def test_cluster_preserving_qat_keeps_the_clusters_in_the_int8_file(digits_run, tmp_path):
+    from converters import to_tflite
+
+    _, (qat_model, _, stages) = _fine_tune(digits_run, CompressionRecipe(cluster=4, qat=True, steps=STEPS))
+    assert stages == ["cluster-4", "cqat"]
+    kernels = _tflite_kernels(to_tflite(qat_model, "int8", digits_run["train"].images))
+    assert len(kernels) == 4
+    for k in kernels:  # per output channel (first axis in TFLite), at most 4 values after BN folding and int8
+        assert max(len(np.unique(channel)) for channel in k) <= 4
 
 
 @pytest.mark.parametrize("quantization", ["int16x8", "float16", "dynamic"])

@@ -44,9 +44,7 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
     if recipe.distill_width is not None:
         model = distil(model, train_set, config, recipe, Path(students_dir or Path(out_dir) / "student"), verbose)
         stages.append("distill")
-    model, stages = fine_tune_stages(model, train_set, config, recipe, verbose, stages)
-    float_model = model if not recipe.qat else model.float_model
-    exported = model if not recipe.qat else model.qat_model
+    exported, float_model, stages = fine_tune_stages(model, train_set, config, recipe, verbose, stages)
     provenance = {
         "compressed_from": str(run_dir), "recipe": recipe.to_dict(), "recipe_name": recipe.name, "stages": stages,
         "learner": run["learner"], "train_config": run["config"], "edgemeta_version": __version__,
@@ -60,17 +58,13 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
     return row
 
 
-class _QuantizedForTraining:
-    """The QAT model (exported) and the float model it wraps (counted)."""
-
-    def __init__(self, qat_model, float_model):
-        self.qat_model, self.float_model = qat_model, float_model
-
-
 def fine_tune_stages(model, train_set, config, recipe: CompressionRecipe, verbose: int | str = 2,
                      stages: list[str] | None = None):
     """Prune -> cluster -> QAT, each fine-tuned on `recipe.steps` episodes with the ProtoNet loss.
-    Returns `(model, stages)`; after QAT, `model` holds both the QAT model and its float model."""
+
+    Returns `(exported, float_model, stages)`: the model to convert (the QAT model after QAT), the float
+    Keras model before quantization (for counting parameters, multiply-adds and sparsity), and the
+    names of the stages run."""
     import tensorflow_model_optimization as tfmot
 
     from edgemeta.compress.clustering import cluster, strip_clustering
@@ -95,8 +89,8 @@ def fine_tune_stages(model, train_set, config, recipe: CompressionRecipe, verbos
         # TFMOT's names: PQAT keeps the sparsity, CQAT the clusters, PCQAT both.
         stages.append({(True, True): "pcqat", (True, False): "pqat", (False, True): "cqat"}.get(
             (recipe.prunes, recipe.cluster is not None), "qat"))
-        model = _QuantizedForTraining(qat_model, model)
-    return model, stages
+        return qat_model, model, stages
+    return model, model, stages
 
 
 def distil(teacher, train_set, config, recipe: CompressionRecipe, cache_dir: Path, verbose: int | str = 2):
