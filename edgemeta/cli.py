@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-width", type=float, metavar="W", help="distil into a student W times as wide, e.g. 0.5")
     p.add_argument("--separable", action="store_true", help="the distilled student uses depthwise-separable blocks")
     p.add_argument("--steps", type=int, help="episodic fine-tuning steps per stage (default 1000)")
+    p.add_argument("--prune-steps", type=int, help="length of the pruning stage (default: --steps)")
     p.add_argument("--lr", type=float, dest="learning_rate", help="fine-tuning learning rate (default 1e-4)")
     p.add_argument("--distill-steps", type=int, help="student training steps (default 4000)")
     p.add_argument("--episodes", type=int, default=600, help="held-out episodes per task in the report (0: no report)")
@@ -160,7 +161,7 @@ def _compress(args) -> None:
 
     flags = {"prune": args.prune, "structured": args.structured or None, "cluster": args.cluster, "qat": args.qat or None,
              "quantization": args.quantization, "distill_width": args.distill_width, "separable": args.separable or None,
-             "steps": args.steps, "learning_rate": args.learning_rate, "distill_steps": args.distill_steps}
+             "steps": args.steps, "prune_steps": args.prune_steps, "learning_rate": args.learning_rate, "distill_steps": args.distill_steps}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         # Flags given with a config file apply to every variant in it (e.g. fewer --steps for a quick try).

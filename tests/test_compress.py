@@ -204,6 +204,7 @@ def test_pareto_front():
     ({"quantization": "int4"}, "quantization must be one of"),
     ({"separable": True}, "also pass distill_width"),
     ({"steps": 0}, "steps must be a positive integer"),
+    ({"prune": 0.5, "prune_steps": 0}, "prune_steps must be a positive integer"),
 ])
 def test_recipe_errors_say_what_was_received(kwargs, fragment):
     with pytest.raises(ValueError, match="Received|distill_width") as e:

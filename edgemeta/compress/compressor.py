@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -74,8 +74,10 @@ def fine_tune_stages(model, train_set, config, recipe: CompressionRecipe, verbos
     stages = list(stages or [])
     tune = _tuning_config(config, recipe.steps, recipe.learning_rate)
     if recipe.prunes:
-        wrapped = prune(model, recipe.prune, recipe.steps, recipe.structured)
-        _fit(wrapped, train_set, tune, [tfmot.sparsity.keras.UpdatePruningStep()], verbose)
+        prune_steps = recipe.prune_steps or recipe.steps
+        wrapped = prune(model, recipe.prune, prune_steps, recipe.structured)
+        _fit(wrapped, train_set, _tuning_config(config, prune_steps, recipe.learning_rate),
+             [tfmot.sparsity.keras.UpdatePruningStep()], verbose)
         model = strip_pruning(wrapped)
         stages.append("prune-2:4" if recipe.structured else f"prune-{recipe.prune:g}")
     if recipe.cluster is not None:
@@ -149,8 +151,8 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
                             for n, k in feasible_tasks(test_set)},
         }
     for name, recipe in recipes.items():
-        row = done.get((name, json.dumps(recipe.to_dict(), sort_keys=True)))
-        if row is None:
+        row = done.get(name)
+        if row is None or CompressionRecipe.from_dict(row["recipe"]) != recipe:
             row = compress(run_dir, recipe, out_dir / name, data_dir, episodes, verbose, students_dir=_student_dir(out_dir, recipe))
         report["variants"].append({**row, "name": name})
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")  # progress survives a crash
@@ -163,7 +165,7 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
     return report
 
 
-def _finished_variants(out_dir: Path, report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def _finished_variants(out_dir: Path, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Rows of an earlier report in `out_dir` for the same run and episodes whose bundle is still there:
     a long report resumes after a crash instead of re-training what it had finished."""
     from edgemeta.bundle import MANIFEST_FILE
@@ -174,8 +176,7 @@ def _finished_variants(out_dir: Path, report: dict[str, Any]) -> dict[tuple[str,
     old = json.loads(path.read_text())
     if (old.get("run"), old.get("episodes")) != (report["run"], report["episodes"]):
         return {}
-    return {(v["name"], json.dumps(v["recipe"], sort_keys=True)): v for v in old.get("variants", [])
-            if (Path(v["bundle"]) / MANIFEST_FILE).is_file()}
+    return {v["name"]: v for v in old.get("variants", []) if (Path(v["bundle"]) / MANIFEST_FILE).is_file()}
 
 
 def _student_dir(out_dir: Path, recipe: CompressionRecipe) -> Path | None:

@@ -30,6 +30,7 @@ class CompressionRecipe:
     distill_width: float | None = None  # student filters = width x teacher filters
     separable: bool = False  # student blocks are depthwise-separable
     steps: int = 1000  # episodic fine-tuning steps per stage (prune, cluster, qat)
+    prune_steps: int | None = None  # the pruning stage's own length (default: steps); high sparsity wants longer
     learning_rate: float = 1e-4  # fine-tuning learning rate (cosine-decayed)
     distill_steps: int = 4000  # the student trains from scratch
     distill_learning_rate: float = 1e-3
@@ -53,7 +54,7 @@ class CompressionRecipe:
             raise bad("distill_width", "in (0, 1], e.g. 0.5")
         if self.separable and self.distill_width is None:
             raise ValueError("separable describes the distilled student; also pass distill_width (1.0 keeps the width).")
-        for name in ("steps", "distill_steps"):
+        for name in ("steps", "distill_steps") + (("prune_steps",) if self.prune_steps is not None else ()):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
         if self.learning_rate <= 0 or self.distill_learning_rate <= 0 or self.geometry_weight < 0:
