@@ -175,7 +175,9 @@ def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
     report = compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0)
     assert set(report["teacher"]) == {"params", "float32_tflite_bytes", "keras_float"}
     for v in report["variants"]:
-        assert {"tflite_bytes", "gzip_bytes", "sparsity", "params", "macs", "latency_ms", "accuracy", "pareto"} <= set(v)
+        assert {"tflite_bytes", "gzip_bytes", "sparsity", "params", "macs", "latency_ms", "model_latency_ms", "accuracy",
+                "pareto"} <= set(v)
+        assert 0 < v["model_latency_ms"] <= v["latency_ms"] * 1.5
         assert v["macs"] > 1e6 and v["params"] == report["teacher"]["params"]
         assert set(v["accuracy"]) == {"5-way 1-shot"}  # digits hold out 5 classes: no 20-way task
     rows = {v["name"]: v for v in report["variants"]}
