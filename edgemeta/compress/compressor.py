@@ -29,14 +29,14 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
     """
     from converters import export_bundle
     from edgemeta.compress.report import measure_bundle
-    from edgemeta.training import load_learner, load_split
+    from edgemeta.training import load_run, load_split
 
     start = time.time()
-    learner, run = load_learner(run_dir)
+    backbone, run = load_run(run_dir)  # only the embedding is compressed; a learner's own weights are not needed
     config = _run_config(run, data_dir)
     train_set, test_set = load_split(config)
     keras.utils.set_random_seed(config.seed)
-    model, stages = learner.backbone, []
+    model, stages = backbone, []
     if recipe.trains and run["metric"] != "squared_euclidean":
         raise ValueError(f"Compression fine-tunes with the ProtoNet episodic loss (squared Euclidean prototypes); "
                          f"this run's embedding uses metric {run['metric']!r}. Received: a recipe with training stages "
