@@ -55,6 +55,23 @@ def run_cli(*args: str, timeout: int = 600, cwd: Path | None = None) -> subproce
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`edgemeta ARGS` through `edgemeta.cli.main` in this process: for error paths, where a fresh
+    interpreter (and its TensorFlow import) would cost seconds and prove nothing more."""
+    import contextlib
+    import io
+
+    from edgemeta.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(["edgemeta", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def blank_with_square(size: int = 105, lo: int = 30, hi: int = 70) -> np.ndarray:
     """A white (255) image with a black (0) square: an Omniglot-like raw drawing."""
     image = np.full((size, size), 255, np.uint8)

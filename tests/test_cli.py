@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from conftest import blank_with_square, run_cli
+from conftest import blank_with_square, cli_in_process, run_cli
 
 
 def test_train_export_evaluate_adapt(tmp_path):
@@ -55,15 +55,15 @@ def test_demo_prints_the_comparison_table(tmp_path):
 def test_errors_are_clear_and_exit_2(tmp_path):
     result = run_cli("adapt", "--preset", "imagenet", "x.png")
     assert result.returncode == 2 and "Unknown preset 'imagenet'" in result.stderr
-    result = run_cli("evaluate", tmp_path / "nothing")
+    result = cli_in_process("evaluate", tmp_path / "nothing")
     assert result.returncode == 2 and "No trained model in" in result.stderr
-    result = run_cli("train", "--dataset", "omniglot", "--data-dir", tmp_path, "--steps", "1", "--out", tmp_path / "r")
+    result = cli_in_process("train", "--dataset", "omniglot", "--data-dir", tmp_path, "--steps", "1", "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "Omniglot files not found" in result.stderr or "download failed" in result.stderr
-    result = run_cli("train", "--dataset", "folder", "--data-dir", tmp_path / "none", "--out", tmp_path / "r")
+    result = cli_in_process("train", "--dataset", "folder", "--data-dir", tmp_path / "none", "--out", tmp_path / "r")
     assert result.returncode == 2 and "Image folder not found" in result.stderr
     (tmp_path / "support" / "empty_class").mkdir(parents=True)
-    result = run_cli("adapt", "--preset", "omniglot", "--support", tmp_path / "support")
+    result = cli_in_process("adapt", "--preset", "omniglot", "--support", tmp_path / "support")
     assert result.returncode == 2 and "empty class folder(s) ['empty_class']" in result.stderr
 
 
@@ -83,14 +83,14 @@ def test_train_any_learner_by_name_then_evaluate_its_own_adaptation(tmp_path):
     result = run_cli("export", run, "--out", tmp_path / "bundle", "--episodes", "5")
     assert result.returncode == 0 and (tmp_path / "bundle" / "model.tflite").is_file()
     assert "5-way 1-shot: own adaptation" in result.stdout  # both numbers: inner loop and on-device prototypes
-    result = run_cli("evaluate", tmp_path / "bundle", "--adaptation", "own")
+    result = cli_in_process("evaluate", tmp_path / "bundle", "--adaptation", "own")
     assert result.returncode == 2 and "adapts by prototypes only" in result.stderr
 
 
 def test_learner_errors_are_clear(tmp_path):
-    result = run_cli("train", "--learner", "mamal", "--steps", "1", "--out", tmp_path / "r")
+    result = cli_in_process("train", "--learner", "mamal", "--steps", "1", "--out", tmp_path / "r")
     assert result.returncode == 2 and "Unknown learner 'mamal'. Expected one of" in result.stderr
-    result = run_cli("train", "--learner", "maml", "--option", "inner_step=3", "--steps", "1", "--out", tmp_path / "r")
+    result = cli_in_process("train", "--learner", "maml", "--option", "inner_step=3", "--steps", "1", "--out", tmp_path / "r")
     assert result.returncode == 2 and "has no option(s) ['inner_step']" in result.stderr
-    result = run_cli("train", "--learner", "maml", "--option", "inner_steps", "--out", tmp_path / "r")
+    result = cli_in_process("train", "--learner", "maml", "--option", "inner_steps", "--out", tmp_path / "r")
     assert result.returncode == 2 and "--option takes KEY=VALUE. Received: 'inner_steps'" in result.stderr

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from edgemeta.compress import CompressionRecipe, compress, compress_variants, load_recipes
 
-STEPS = 12  # a few fine-tuning steps per stage: enough to exercise every wrapper and schedule
+STEPS = 6  # a few fine-tuning steps per stage: enough to exercise every wrapper and schedule
 
 
 def _kernels(model):
@@ -69,17 +69,15 @@ def test_structured_pruning_leaves_two_zeros_in_every_four_weights(digits_run):
     assert kernel_sparsity(teacher) == 0  # the teacher the stage started from is untouched
 
 
-@pytest.mark.parametrize("prune", [None, 0.5])
-def test_clustering_keeps_at_most_the_cluster_count_and_the_zeros(digits_run, prune):
+def test_sparsity_preserving_clustering_keeps_at_most_the_cluster_count_and_the_zeros(digits_run):
     from edgemeta.compress.clustering import unique_weights_per_kernel
     from edgemeta.compress.pruning import kernel_sparsity
 
-    _, (model, _, stages) = _fine_tune(digits_run, CompressionRecipe(prune=prune, cluster=4, quantization="float32", steps=STEPS))
-    assert stages[-1] == "cluster-4"
+    _, (model, _, stages) = _fine_tune(digits_run, CompressionRecipe(prune=0.5, cluster=4, quantization="float32", steps=STEPS))
+    assert stages == ["prune-0.5", "cluster-4"]
     counts = unique_weights_per_kernel(model)
     assert counts and max(counts.values()) <= 4, counts
-    if prune:  # sparsity-preserving clustering: the pruned zeros stay zeros
-        assert kernel_sparsity(model) == pytest.approx(0.5, abs=0.01)
+    assert kernel_sparsity(model) == pytest.approx(0.5, abs=0.01)  # the pruned zeros stay zeros
 
 
 def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_path):
@@ -90,7 +88,7 @@ def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_
     from converters import export_bundle
 
     images = digits_run["test"].images[:64]
-    path = export_bundle(qat_model, tmp_path / "b", digits_run["train"].preprocessing, "int8", digits_run["train"].images)
+    path = export_bundle(qat_model, tmp_path / "b", digits_run["train"].preprocessing, "int8", digits_run["train"].images[:100])
     assert json.loads((path / "manifest.json").read_text())["input"]["dtype"] == "int8"
     keras_out = qat_model.predict(images, verbose=0)
     tflite_out = Embedder.from_bundle(path).embed_preprocessed(images)
@@ -104,12 +102,15 @@ def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_
     assert sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.49
 
 
-def test_cluster_preserving_qat_keeps_the_clusters_in_the_int8_file(digits_run, tmp_path):
+def test_clustering_then_cluster_preserving_qat_keeps_the_clusters_in_the_int8_file(digits_run, tmp_path):
     from converters import to_tflite
+    from edgemeta.compress.clustering import unique_weights_per_kernel
 
-    _, (qat_model, _, stages) = _fine_tune(digits_run, CompressionRecipe(cluster=4, qat=True, steps=STEPS))
+    _, (qat_model, clustered, stages) = _fine_tune(digits_run, CompressionRecipe(cluster=4, qat=True, steps=STEPS))
     assert stages == ["cluster-4", "cqat"]
-    kernels = _tflite_kernels(to_tflite(qat_model, "int8", digits_run["train"].images))
+    counts = unique_weights_per_kernel(clustered)
+    assert counts and max(counts.values()) <= 4, counts
+    kernels = _tflite_kernels(to_tflite(qat_model, "int8", digits_run["train"].images[:100]))
     assert len(kernels) == 4
     for k in kernels:  # per output channel (first axis in TFLite), at most 4 values after BN folding and int8
         assert max(len(np.unique(channel)) for channel in k) <= 4
@@ -122,7 +123,7 @@ def test_post_training_modes_run_in_the_runtime_close_to_keras(digits_run, tmp_p
 
     net, images = digits_run["net"], digits_run["test"].images[:32]
     path = export_bundle(net.backbone, tmp_path / quantization, digits_run["train"].preprocessing, quantization,
-                         digits_run["train"].images)
+                         digits_run["train"].images[:100])
     out = Embedder.from_bundle(path).embed_preprocessed(images)
     ref = net.backbone.predict(images, verbose=0)
     assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05
@@ -171,7 +172,7 @@ def test_distiller_geometry_term_pulls_student_distances_toward_the_teachers(dig
 
 def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
     recipes = {"float32": CompressionRecipe(quantization="float32"), "int8": CompressionRecipe(),
-               "prune50": CompressionRecipe(prune=0.5, steps=STEPS)}
+               "prune50": CompressionRecipe(prune=0.5, steps=3)}
     report = compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0)
     assert set(report["teacher"]) == {"params", "float32_tflite_bytes", "keras_float"}
     for v in report["variants"]:
@@ -226,13 +227,13 @@ def test_config_files_json_and_toml(tmp_path):
 
 
 def test_cli_composes_a_recipe_from_flags(digits_run, tmp_path):
-    result = run_cli("compress", digits_run["run"], "--out", tmp_path, "--prune", "0.5", "--qat", "--steps", "6",
-                     "--episodes", "20")
+    result = run_cli("compress", digits_run["run"], "--out", tmp_path, "--prune", "0.5", "--steps", "3",
+                     "--quantization", "float16", "--episodes", "10")
     assert result.returncode == 0, result.stderr
-    assert "prune0.5+qat-int8" in result.stdout
+    assert "prune0.5+float16" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["variants"][0]["recipe"]["prune"] == 0.5 and report["variants"][0]["recipe"]["qat"] is True
+    assert report["variants"][0]["recipe"]["prune"] == 0.5 and report["variants"][0]["recipe"]["quantization"] == "float16"
     assert report["command"].startswith("edgemeta compress ")
-    bad = run_cli("compress", digits_run["run"], "--out", tmp_path / "x", "--prune", "2")
+    bad = cli_in_process("compress", digits_run["run"], "--out", tmp_path / "x", "--prune", "2")
     assert bad.returncode == 2 and "Received: 2.0" in bad.stderr
     assert not (tmp_path / "x").exists()
