@@ -44,7 +44,7 @@ def nearest_prototype_accuracy(support: np.ndarray, support_labels: np.ndarray, 
                                metric: str = "squared_euclidean") -> float:
     """Fraction of queries whose nearest class-mean under `metric` is their own class (as the runtime
     adapter computes it)."""
-    from edgemeta.runtime.adapter import for_metric, squared_distances
+    from edgemeta.runtime.metric import for_metric, squared_distances
 
     support, query = for_metric(support, metric), for_metric(query, metric)
     classes = np.unique(support_labels)

@@ -129,7 +129,7 @@ def test_state_from_another_model_is_refused(digits_run, tmp_path):
 
 def test_cosine_metric_compares_directions_not_lengths():
     from edgemeta.evaluation import nearest_prototype_accuracy
-    from edgemeta.runtime.adapter import for_metric
+    from edgemeta.runtime.metric import for_metric
 
     # The query points the way of class 1 but lies nearer (Euclidean) to class 0's prototype.
     support, labels = np.array([[1.0, 0.0], [10.0, 10.0]]), np.array([0, 1])

@@ -14,28 +14,9 @@ import numpy as np
 from edgemeta.atomic import atomic_write
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.metric import for_metric, squared_distances
 
 STATE_FORMAT_VERSION = 1
-
-
-def squared_distances(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """`(n, D)` x `(c, D)` -> `(n, c)` squared Euclidean distances (the ProtoNet metric), in float64."""
-    x, prototypes = np.asarray(x, np.float64), np.asarray(prototypes, np.float64)
-    d = (x**2).sum(1)[:, None] - 2 * x @ prototypes.T + (prototypes**2).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-METRICS = ("squared_euclidean", "cosine")
-
-
-def for_metric(embeddings: np.ndarray, metric: str) -> np.ndarray:
-    """Maps embeddings into the space where the bundle's `metric` is squared Euclidean distance:
-    unchanged for `squared_euclidean`, unit length for `cosine` (||a - b||^2 = 2 - 2 cos(a, b))."""
-    if metric == "squared_euclidean":
-        return embeddings
-    if metric == "cosine":
-        return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
-    raise ValueError(f"Unknown metric {metric!r}. Expected one of {METRICS}.")
 
 
 @dataclass(frozen=True)
