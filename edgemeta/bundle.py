@@ -33,6 +33,9 @@ class Manifest:
     model_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Open-set calibration (edgemeta.openset): the distance beyond which a query is "unknown". Optional,
+    # so manifests written before it existed still load under format version 1.
+    open_set: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class Manifest:
             "metric": self.metric,
             "quantization": self.quantization,
             "provenance": self.provenance,
+            "open_set": self.open_set,
         }
 
     @classmethod
@@ -66,6 +70,7 @@ class Manifest:
             model_sha256=d["model_sha256"],
             provenance=d.get("provenance", {}),
             format_version=version,
+            open_set=d.get("open_set", {}),
         )
 
 
@@ -120,6 +125,15 @@ def update_provenance(directory: str | os.PathLike, provenance: dict[str, Any]) 
     """Replaces a bundle's provenance (e.g. with accuracy measured after export); the model is untouched."""
     _, manifest = read_bundle(directory)
     manifest.provenance = provenance
+    _write_manifest(Path(directory), manifest)
+
+
+def update_open_set(directory: str | os.PathLike, open_set: dict[str, Any]) -> None:
+    """Replaces a bundle's open-set calibration (see edgemeta.openset); the model is untouched."""
+    if not isinstance(open_set, dict):
+        raise TypeError(f"open_set must be a dict. Received: {type(open_set).__name__}")
+    _, manifest = read_bundle(directory)
+    manifest.open_set = open_set
     _write_manifest(Path(directory), manifest)
 
 
