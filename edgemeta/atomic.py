@@ -1,19 +1,53 @@
-"""Crash-safe file writes: write a temporary file, fsync it, then rename it over the target."""
+"""Crash-safe file writes: write a temporary file, fsync it, rename it over the target, fsync the directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replaces `path` with `data` so that a reader (or a power cut) sees the old file or the new one,
-    never a half-written one."""
+    """Replaces `path` with `data` so that a reader (or a power cut, or SIGKILL) sees the old file or the
+    new one, never a half-written one.
+
+    The temporary file has a unique name in the same directory (so the rename cannot cross file
+    systems and two writers never share one); the directory is fsynced after the rename so the new
+    name itself survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> int:
+    """Deletes temporaries a killed writer of `path` left behind; returns how many."""
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a directory; NTFS journals the rename itself
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

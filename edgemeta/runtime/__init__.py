@@ -3,8 +3,9 @@
 Needs numpy, Pillow and a TFLite interpreter (ai-edge-litert, else tflite_runtime, else tensorflow.lite).
 """
 
-from edgemeta.runtime.adapter import FewShotAdapter, Prediction
+from edgemeta.runtime.adapter import FewShotAdapter, MemoryBudgetError, Prediction
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.interpreter import interpreter_class
+from edgemeta.runtime.store import PrototypeStore, StoreError
 
-__all__ = ["Embedder", "FewShotAdapter", "Prediction", "interpreter_class"]
+__all__ = ["Embedder", "FewShotAdapter", "MemoryBudgetError", "Prediction", "PrototypeStore", "StoreError", "interpreter_class"]

@@ -1,36 +1,51 @@
-"""On-device few-shot learning: enroll classes from a few images, classify by nearest prototype."""
+"""On-device few-shot learning: enroll classes from a few images, classify by nearest prototype, say
+"unknown" beyond a calibrated distance, within a memory budget, safely from many threads."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgemeta.atomic import atomic_write
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.metric import for_metric, squared_distances
+from edgemeta.runtime.store import PrototypeStore, StoreError
 
-STATE_FORMAT_VERSION = 1
+ON_FULL = ("error", "evict")
+
+
+class MemoryBudgetError(MemoryError):
+    """Enrolling would exceed the adapter's memory budget; nothing was changed."""
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The nearest class of one image: its `label`, squared Euclidean `distance` to that class's
-    prototype (for a `cosine` bundle, between unit-length vectors: 2 - 2 cos), and `score`, the softmax over negative distances (a probability among enrolled classes)."""
+    """The answer for one image.
 
-    label: str
+    `label` is the nearest enrolled class, or None when the image is farther from every prototype
+    than the open-set threshold ("I don't know"); `nearest` is the nearest class either way.
+    `distance` is the squared Euclidean distance to that class's prototype (for a `cosine` bundle,
+    between unit-length vectors: 2 - 2 cos), and `score` the softmax over negative distances (a
+    probability among the enrolled classes)."""
+
+    label: str | None
     distance: float
     score: float
+    nearest: str = ""
+
+    @property
+    def unknown(self) -> bool:
+        return self.label is None
 
 
 class FewShotAdapter:
-    """Learns new classes on the board. A class is its prototype: the mean embedding of its shots.
+    """Learns new classes on the board. A class is its prototype: the running mean of its shots' embeddings.
 
     Example:
         >>> adapter = FewShotAdapter.from_preset("omniglot")
@@ -38,117 +53,268 @@ class FewShotAdapter:
         1
         >>> adapter.labels
         ['circle']
-        >>> adapter.classify(np.zeros((105, 105), np.uint8))[0].label
+        >>> adapter.classify(np.zeros((105, 105), np.uint8))[0].nearest
         'circle'
 
-    With `state=PATH`, what was taught is loaded from `PATH` if it exists and written back atomically
-    after every `enroll`/`forget`, so a power cut never loses or corrupts it.
+    Args:
+        embedder: the bundle's model and preprocessing.
+        state: a store file. What was taught is loaded from it if it exists and written back atomically
+            after every `enroll`/`forget`, so a power cut or a kill never loses or corrupts it.
+        memory_budget: bytes the whole process may hold (an int, or a string such as "48MB"). Enrolling
+            past it raises `MemoryBudgetError` and changes nothing, or with `on_full="evict"` forgets the
+            least recently used classes first.
+        unknown_threshold: "calibrated" (the bundle's manifest threshold, when it has one), a distance,
+            or None (always answer the nearest class).
+        prototype_dtype: "float32", or "int8" for a quarter of the memory per class.
+        keep_support: None, "embeddings" (for `fit_head`) or "images" (to re-enroll under a new model).
+        max_batch: images per interpreter call; bounds the activation memory.
     """
 
-    def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None) -> None:
+    def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None, *,
+                 memory_budget: int | str | None = None, on_full: str = "error",
+                 unknown_threshold: float | str | None = "calibrated", prototype_dtype: str = "float32",
+                 keep_support: str | None = None, max_batch: int | None = None) -> None:
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full must be one of {ON_FULL}. Received: {on_full!r}")
         self.embedder = embedder
         self.metric = embedder.manifest.metric
         for_metric(np.zeros((1, 1)), self.metric)  # unknown metric: refuse the bundle now, not at classify
-        self._sums: dict[str, np.ndarray] = {}
-        self._counts: dict[str, int] = {}
+        if max_batch is not None:
+            if not isinstance(max_batch, int) or max_batch < 1:
+                raise ValueError(f"max_batch must be a positive integer. Received: {max_batch!r}")
+            embedder.max_batch = max_batch
+        self.on_full = on_full
+        self._lock = threading.RLock()
+        self._head = None
         self.state_path = Path(state) if state is not None else None
+        sha = embedder.manifest.model_sha256
         if self.state_path is not None and self.state_path.exists():
-            self.load(self.state_path)
+            self._store = PrototypeStore.load(self.state_path, model_sha256=sha)
+        else:
+            self._store = PrototypeStore(embedder.embedding_size, sha, prototype_dtype, keep_support)
+        self.unknown_threshold = self._threshold(unknown_threshold)
+        self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        self._store_budget = None
+        if self.memory_budget is not None:
+            self._store_budget = self._bytes_for_classes(self.memory_budget)
+            if self._store.nbytes() > self._store_budget:
+                raise MemoryBudgetError(
+                    f"The loaded store needs {self._store.nbytes() / 2**20:.2f} MB but the budget of "
+                    f"{self.memory_budget / 2**20:.1f} MB leaves {max(self._store_budget, 0) / 2**20:.2f} MB for classes. "
+                    "Raise memory_budget or forget classes in a process with a larger budget.")
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, state: str | os.PathLike | None = None,
-                    num_threads: int | None = None) -> "FewShotAdapter":
-        return cls(Embedder.from_bundle(path, num_threads), state)
+                    num_threads: int | None = None, **options: Any) -> "FewShotAdapter":
+        return cls(Embedder.from_bundle(path, num_threads), state, **options)
 
     @classmethod
     def from_preset(cls, name: str = "omniglot", state: str | os.PathLike | None = None,
-                    num_threads: int | None = None) -> "FewShotAdapter":
-        return cls.from_bundle(preset_path(name), state, num_threads)
+                    num_threads: int | None = None, **options: Any) -> "FewShotAdapter":
+        return cls.from_bundle(preset_path(name), state, num_threads, **options)
 
+    # -- reading -----------------------------------------------------------------------------------
     @property
     def labels(self) -> list[str]:
-        return sorted(self._sums)
+        with self._lock:
+            return sorted(self._store.labels)
+
+    @property
+    def store(self) -> PrototypeStore:
+        return self._store
 
     def shots(self, label: str) -> int:
         """How many images class `label` was enrolled with."""
-        return self._counts[self._known(label)]
+        with self._lock:
+            return self._store.count(label)
 
+    def prototypes(self) -> tuple[list[str], np.ndarray]:
+        """`(sorted labels, (n_classes, D) prototype matrix)`."""
+        with self._lock:
+            labels, means = self._store.prototypes()
+            order = np.argsort(labels, kind="stable")
+            return [labels[i] for i in order], np.asarray(means, np.float64)[order].reshape(-1, self.embedder.embedding_size)
+
+    # -- learning ----------------------------------------------------------------------------------
     def enroll(self, label: str, images: Any) -> int:
         """Adds `images` as shots of `label` (a new class, or refining a known one's prototype).
-        Returns the class's total number of shots. Bad input raises and changes nothing."""
+        Returns the class's total number of shots. Bad input, a full budget or a failed save raise
+        and change nothing."""
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"label must be a non-empty string. Received: {label!r}")
-        embeddings = for_metric(self.embedder.embed(images).astype(np.float64), self.metric)
-        sums, counts = dict(self._sums), dict(self._counts)
-        sums[label] = sums.get(label, 0.0) + embeddings.sum(0)
-        counts[label] = counts.get(label, 0) + len(embeddings)
-        self._commit(sums, counts)
-        return counts[label]
+        raw = None
+        if self._store.keep_support == "images":
+            from edgemeta.preprocessing import as_image_list
+
+            raw = [_raw_uint8(image) for image in as_image_list(images)]
+            embeddings = self.embedder.embed(raw)
+        else:
+            embeddings = self.embedder.embed(images)
+        embeddings = for_metric(embeddings.astype(np.float64), self.metric)
+        with self._lock:
+            before = {label: self._store.snapshot(label)}
+            count = self._store.add(label, embeddings, raw)
+            try:
+                for evicted in self._make_room(label):
+                    before.setdefault(evicted, self._store.snapshot(evicted))
+                    self._store.remove(evicted)
+                self._persist()
+            except BaseException:
+                self._undo(before)
+                raise
+            self._head = None
+            return count
 
     def forget(self, label: str) -> None:
         """Removes class `label`."""
-        self._known(label)
-        sums, counts = dict(self._sums), dict(self._counts)
-        del sums[label], counts[label]
-        self._commit(sums, counts)
+        with self._lock:
+            before = {label: self._store.snapshot(label)}
+            self._store.remove(label)
+            try:
+                self._persist()
+            except BaseException:
+                self._undo(before)
+                raise
+            self._head = None
 
-    def prototypes(self) -> tuple[list[str], np.ndarray]:
-        """`(labels, (n_classes, D) prototype matrix)`."""
-        labels = self.labels
-        return labels, np.stack([self._sums[k] / self._counts[k] for k in labels]) if labels else np.zeros((0, self.embedder.embedding_size))
+    def fit_head(self, steps: int = 50, **options: Any) -> dict:
+        """Trains a softmax head, initialised from the prototypes, on the kept support embeddings
+        (needs `keep_support="embeddings"`); `classify` then uses it. Returns the loss history."""
+        from edgemeta.runtime.head import SoftmaxHead
 
-    def classify(self, images: Any) -> list[Prediction]:
-        """One `Prediction` per image: the nearest enrolled class."""
-        if not self._sums:
-            raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
-        labels, protos = self.prototypes()
-        d = squared_distances(for_metric(self.embedder.embed(images), self.metric), for_metric(protos, self.metric))
-        logits = -d - (-d).max(1, keepdims=True)
-        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        best = d.argmin(1)
-        return [Prediction(labels[j], float(d[i, j]), float(p[i, j])) for i, j in enumerate(best)]
+        with self._lock:
+            if self._store.keep_support != "embeddings":
+                raise ValueError("fit_head trains on the stored shot embeddings: create the adapter with "
+                                 f"keep_support='embeddings'. Received: keep_support={self._store.keep_support!r}")
+            labels, protos = self._store.prototypes()
+            if len(labels) < 2:
+                raise RuntimeError(f"fit_head needs at least 2 enrolled classes. Received: {len(labels)}")
+            x = np.stack([e for label in labels for e in self._store.support(label)])
+            y = [label for label in labels for _ in self._store.support(label)]
+            head = SoftmaxHead.from_prototypes(for_metric(np.asarray(protos, np.float64), self.metric), labels)
+            history = head.fit(x, y, steps=steps, **options)
+            self._head = head
+            return history
+
+    # -- predicting --------------------------------------------------------------------------------
+    def classify(self, images: Any, unknown_threshold: float | None | str = "adapter") -> list[Prediction]:
+        """One `Prediction` per image: the nearest enrolled class, or unknown (label None) when it is
+        farther than the threshold (the adapter's, unless given here; None never rejects)."""
+        queries = for_metric(self.embedder.embed(images), self.metric)
+        threshold = self.unknown_threshold if unknown_threshold == "adapter" else unknown_threshold
+        with self._lock:
+            if not len(self._store):
+                raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
+            labels, protos = self._store.prototypes()
+            d = squared_distances(queries, for_metric(protos, self.metric))
+            if self._head is not None and self._head.labels == labels:
+                best, p = self._head.predict(queries)
+            else:
+                logits = -d - (-d).max(1, keepdims=True)
+                p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+                best = d.argmin(1)
+            self._store.touch([labels[j] for j in set(best.tolist())])
+        out = []
+        for i, j in enumerate(best):
+            known = threshold is None or d[i, j] <= threshold
+            out.append(Prediction(labels[j] if known else None, float(d[i, j]), float(p[i, j]), labels[j]))
+        return out
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Writes what was taught to `path` atomically (write to a temporary file, fsync, rename)."""
-        labels = self.labels
-        header = {"format_version": STATE_FORMAT_VERSION, "model_sha256": self.embedder.manifest.model_sha256,
-                  "labels": labels, "counts": [self._counts[k] for k in labels]}
-        buffer = io.BytesIO()
-        sums = np.stack([self._sums[k] for k in labels]) if labels else np.zeros((0, self.embedder.embedding_size))
-        np.savez(buffer, header=np.array(json.dumps(header)), sums=sums)
-        atomic_write(path, buffer.getvalue())
+        """Writes what was taught to `path` atomically (temporary file, fsync, rename, fsync directory)."""
+        with self._lock:
+            self._store.save(path)
 
     def load(self, path: str | os.PathLike) -> None:
-        """Replaces the enrolled classes with those saved at `path` (by `save` or `state=`)."""
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(str(data["header"]))
-            sums = data["sums"]
-        if header.get("format_version") != STATE_FORMAT_VERSION:
-            raise ValueError(f"Unsupported adapter state version in {str(path)!r}. Received: {header.get('format_version')!r}")
-        if header["model_sha256"] != self.embedder.manifest.model_sha256:
-            raise ValueError(
-                f"Adapter state {str(path)!r} was taught with another model (sha256 {header['model_sha256'][:12]}…); "
-                f"this bundle's model is {self.embedder.manifest.model_sha256[:12]}…. Prototypes are not portable "
-                "across models: re-enroll, or load the matching bundle."
-            )
-        self._sums = {k: sums[i].astype(np.float64) for i, k in enumerate(header["labels"])}
-        self._counts = {k: int(c) for k, c in zip(header["labels"], header["counts"])}
+        """Replaces the enrolled classes with those saved at `path`; a corrupt file, another model's
+        store, or one over the budget is refused and changes nothing."""
+        store = PrototypeStore.load(path, model_sha256=self.embedder.manifest.model_sha256)
+        with self._lock:
+            if self._store_budget is not None and store.nbytes() > self._store_budget:
+                raise MemoryBudgetError(f"{path} needs {store.nbytes() / 2**20:.2f} MB for its classes; the budget "
+                                        f"leaves {self._store_budget / 2**20:.2f} MB.")
+            self._store, self._head = store, None
 
-    def _commit(self, sums: dict[str, np.ndarray], counts: dict[str, int]) -> None:
-        # Persist first: if saving fails, memory keeps the old state too.
+    # -- internals ---------------------------------------------------------------------------------
+    def _threshold(self, value: float | str | None) -> float | None:
+        if value is None:
+            return None
+        if value == "calibrated":
+            open_set = getattr(self.embedder.manifest, "open_set", None) or {}
+            return float(open_set["threshold"]) if "threshold" in open_set else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0:
+            return float(value)
+        raise ValueError(f"unknown_threshold must be 'calibrated', a distance >= 0 or None. Received: {value!r}")
+
+    def _bytes_for_classes(self, budget: int) -> int:
+        """The part of `budget` left for the store: the budget minus what this process already holds
+        and the activations and transients of one full batch."""
+        from edgemeta.runtime.memory import current_rss_bytes, tensor_arena_bytes
+
+        batch = self.embedder.max_batch
+        arena = tensor_arena_bytes(self.embedder._interpreter, batch)
+        working = batch * (105 * 105 * 9 + int(np.prod(self.embedder.preprocessing.input_shape)) * 5)
+        return budget - current_rss_bytes() - arena - working + self._store.nbytes()
+
+    def _make_room(self, enrolled: str) -> list[str]:
+        """Classes to evict so the store fits its budget (raises when it cannot or may not)."""
+        if self._store_budget is None or self._store.nbytes() <= self._store_budget:
+            return []
+        if self.on_full == "error":
+            raise MemoryBudgetError(
+                f"Enrolling {enrolled!r} would need {self._store.nbytes() / 2**20:.2f} MB for {len(self._store)} classes; "
+                f"the memory budget of {self.memory_budget / 2**20:.1f} MB leaves {self._store_budget / 2**20:.2f} MB "
+                "for classes. Nothing was changed. Forget classes, raise memory_budget, use "
+                "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
+        victims, freed = [], 0
+        order = [label for _, label in sorted(zip(self._store._last_used.tolist(), self._store.labels))]
+        per_class = self._store.bytes_per_class(0)
+        for label in order:
+            if self._store.nbytes() - freed <= self._store_budget:
+                break
+            if label != enrolled:
+                victims.append(label)
+                freed += per_class + sum(np.asarray(s).nbytes + 100 for s in self._store.support(label))
+        if self._store.nbytes() - freed > self._store_budget:
+            raise MemoryBudgetError(f"{enrolled!r} alone does not fit the memory budget. Nothing was changed.")
+        if victims:
+            warnings.warn(f"Memory budget: evicted the least recently used class(es) {victims}.", RuntimeWarning,
+                          stacklevel=3)
+        return victims
+
+    def _persist(self) -> None:
         if self.state_path is not None:
-            previous = (self._sums, self._counts)
-            self._sums, self._counts = sums, counts
-            try:
-                self.save(self.state_path)
-            except BaseException:
-                self._sums, self._counts = previous
-                raise
-        else:
-            self._sums, self._counts = sums, counts
+            self._store.save(self.state_path)
 
-    def _known(self, label: str) -> str:
-        if label not in self._sums:
-            raise KeyError(f"Unknown label {label!r}. Enrolled labels: {self.labels}")
-        return label
+    def _undo(self, before: dict) -> None:
+        for label, row in before.items():
+            self._store.restore(label, row)
+
+
+def _raw_uint8(image: Any) -> np.ndarray:
+    """An image as the uint8 pixels a new model's preprocessing can start from again."""
+    from edgemeta.preprocessing import _load, _to_unit_float
+
+    array = _load(image)
+    return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
+
+
+def parse_bytes(value: int | str) -> int:
+    """`48000000`, "48MB", "48 MiB", "0.5GB" -> bytes (MB = 2**20, as `free -m` counts)."""
+    units = {"": 1, "B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30}
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGIB")
+        try:
+            amount = float(number) * units[text[len(number):]]
+        except (ValueError, KeyError):
+            amount = -1
+        if amount > 0:
+            return int(amount)
+    raise ValueError(f"memory_budget must be a positive number of bytes or a size such as '48MB'. Received: {value!r}")
+
+
+__all__ = ["FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError", "parse_bytes"]

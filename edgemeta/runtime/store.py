@@ -1,0 +1,318 @@
+"""The prototype store: what the board was taught, as per-class running means, saved crash-safely.
+
+A class is a row: its running-mean embedding (float32, or int8 with a per-class scale), its shot count
+and when it was last used (for least-recently-used eviction). Optionally the store keeps each shot's
+embedding (for on-device head fine-tuning) or its raw image (to re-enroll under a new model).
+
+On disk (format version 2): an 8-byte magic, a little-endian uint32 header length, a JSON header
+(format version, the bundle's model sha256, the labels) and an `.npz` payload, then the
+sha256 of everything before it.
+`save` is atomic (temporary file, fsync, rename, fsync directory); `load` checks magic, version,
+checksum and model before it changes anything. Version-1 files (a bare `.npz`) are still read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemeta.atomic import atomic_write, remove_stale_temporaries
+from edgemeta.checksum import sha256
+
+FORMAT_VERSION = 2
+MAGIC = b"EMSTORE\x00"
+PROTOTYPE_DTYPES = ("float32", "int8")
+KEEP_SUPPORT = (None, "embeddings", "images")
+LABEL_BYTES = 120  # a short Python str, its list slot and its dict entry (measured: ~110-130 B)
+
+
+class StoreError(ValueError):
+    """A store file that cannot be used: corrupt, another version, or taught with another model."""
+
+
+@dataclass
+class _Row:
+    """One class as it was before a change, to undo the change if saving fails."""
+
+    label: str
+    mean: np.ndarray
+    scale: float
+    count: int
+    last_used: int
+    support: list[Any]
+
+
+class PrototypeStore:
+    """Per-class running means and counts for a model with `embedding_size`-d embeddings.
+
+    Example:
+        >>> store = PrototypeStore(3, model_sha256="ab" * 32)
+        >>> store.add("cat", np.array([[1.0, 0, 0], [0, 1.0, 0]]))
+        2
+        >>> store.prototypes()[1].round(2).tolist()
+        [[0.5, 0.5, 0.0]]
+    """
+
+    def __init__(self, embedding_size: int, model_sha256: str, prototype_dtype: str = "float32",
+                 keep_support: str | None = None) -> None:
+        if prototype_dtype not in PROTOTYPE_DTYPES:
+            raise ValueError(f"prototype_dtype must be one of {PROTOTYPE_DTYPES}. Received: {prototype_dtype!r}")
+        if keep_support not in KEEP_SUPPORT:
+            raise ValueError(f"keep_support must be one of {KEEP_SUPPORT}. Received: {keep_support!r}")
+        self.embedding_size = int(embedding_size)
+        self.model_sha256 = model_sha256
+        self.prototype_dtype = prototype_dtype
+        self.keep_support = keep_support
+        self._labels: list[str] = []
+        self._index: dict[str, int] = {}
+        self._means = np.zeros((0, self.embedding_size), np.dtype(prototype_dtype))
+        self._scales = np.zeros(0, np.float32)  # int8 rows: mean = int8 * scale
+        self._counts = np.zeros(0, np.int64)
+        self._last_used = np.zeros(0, np.int64)
+        self._support: list[list[Any]] = []  # per row: embeddings (D,) float32 or raw uint8 images
+        self._clock = 0
+
+    # -- reading ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._index
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels in row order (the order of `prototypes()`)."""
+        return list(self._labels)
+
+    def count(self, label: str) -> int:
+        return int(self._counts[self._row(label)])
+
+    def prototypes(self) -> tuple[list[str], np.ndarray]:
+        """`(labels, (n, D) float32 means)` in row order."""
+        if self.prototype_dtype == "int8":
+            return list(self._labels), self._means.astype(np.float32) * self._scales[:, None]
+        return list(self._labels), self._means
+
+    def support(self, label: str) -> list[Any]:
+        """The kept shots of `label` (embeddings or images, per `keep_support`)."""
+        return list(self._support[self._row(label)])
+
+    def least_recently_used(self) -> str:
+        return self._labels[int(np.argmin(self._last_used))]
+
+    def touch(self, labels: list[str]) -> None:
+        """Marks `labels` as used now (a prediction or an enrollment)."""
+        self._clock += 1
+        for label in labels:
+            if label in self._index:
+                self._last_used[self._index[label]] = self._clock
+
+    def nbytes(self) -> int:
+        """Bytes the store holds in memory: arrays, labels and kept support data."""
+        support = sum(np.asarray(s).nbytes + 100 for shots in self._support for s in shots)
+        arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
+        return arrays + LABEL_BYTES * len(self._labels) + support
+
+    def bytes_per_class(self, shots: int = 5, image_bytes: int = 105 * 105) -> int:
+        """Memory one more class with `shots` shots takes in this store (what the planner multiplies)."""
+        per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": image_bytes + 100}[self.keep_support]
+        return (np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8 + LABEL_BYTES
+                + shots * per_shot)
+
+    # -- changing (each returns what `undo` needs) ----------------------------------------------
+    def add(self, label: str, embeddings: np.ndarray, support: list[Any] | None = None) -> int:
+        """Adds `embeddings` `(n, D)` as shots of `label`; returns the class's shot count."""
+        embeddings = np.asarray(embeddings, np.float64)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size or len(embeddings) == 0:
+            raise ValueError(f"Expected embeddings of shape (n >= 1, {self.embedding_size}). Received: {embeddings.shape}")
+        if label in self._index:
+            i = self._index[label]
+            old_mean = self._mean(i)
+            n, m = int(self._counts[i]), len(embeddings)
+            mean = old_mean + (embeddings.sum(0) - m * old_mean) / (n + m)  # running mean, no stored sum
+            self._set(i, mean)
+            self._counts[i] = n + m
+        else:
+            i = len(self._labels)
+            self._labels.append(label)
+            self._index[label] = i
+            self._means = np.concatenate([self._means, np.zeros((1, self.embedding_size), self._means.dtype)])
+            self._scales = np.append(self._scales, np.float32(0))
+            self._counts = np.append(self._counts, 0)
+            self._last_used = np.append(self._last_used, 0)
+            self._support.append([])
+            self._set(i, embeddings.mean(0))
+            self._counts[i] = len(embeddings)
+        if self.keep_support == "embeddings":
+            self._support[i].extend(np.asarray(e, np.float32) for e in embeddings)
+        elif self.keep_support == "images" and support is not None:
+            self._support[i].extend(support)
+        self.touch([label])
+        return int(self._counts[i])
+
+    def remove(self, label: str) -> None:
+        """Deletes `label`'s row (the last row moves into its place)."""
+        i, last = self._row(label), len(self._labels) - 1
+        if i != last:
+            moved = self._labels[last]
+            for array in (self._means, self._scales, self._counts, self._last_used):
+                array[i] = array[last]
+            self._labels[i], self._support[i] = moved, self._support[last]
+            self._index[moved] = i
+        self._labels.pop(), self._support.pop()
+        del self._index[label]
+        self._means, self._scales = self._means[:last].copy(), self._scales[:last].copy()
+        self._counts, self._last_used = self._counts[:last].copy(), self._last_used[:last].copy()
+
+    def snapshot(self, label: str) -> _Row | None:
+        """`label`'s row as it is now (None when absent), for `restore`."""
+        if label not in self._index:
+            return None
+        i = self._index[label]
+        return _Row(label, self._means[i].copy(), float(self._scales[i]), int(self._counts[i]),
+                    int(self._last_used[i]), list(self._support[i]))
+
+    def restore(self, label: str, row: _Row | None) -> None:
+        """Puts `label` back as `snapshot` saw it (removing it if it did not exist)."""
+        if label in self._index:
+            self.remove(label)
+        if row is None:
+            return
+        i = len(self._labels)
+        self._labels.append(label)
+        self._index[label] = i
+        self._means = np.concatenate([self._means, row.mean[None]])
+        self._scales = np.append(self._scales, np.float32(row.scale))
+        self._counts = np.append(self._counts, row.count)
+        self._last_used = np.append(self._last_used, row.last_used)
+        self._support.append(row.support)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {"means": self._means, "scales": self._scales, "counts": self._counts,
+                                         "last_used": self._last_used}
+        if self.keep_support is not None:
+            shots = [np.asarray(s) for row in self._support for s in row]
+            arrays["support_rows"] = np.array([len(row) for row in self._support], np.int64)
+            arrays["support_shapes"] = np.array([list(s.shape) + [0] * (3 - s.ndim) for s in shots], np.int64).reshape(-1, 3)
+            arrays["support_data"] = (np.concatenate([s.ravel() for s in shots]) if shots
+                                      else np.zeros(0, np.float32 if self.keep_support == "embeddings" else np.uint8))
+        payload = io.BytesIO()
+        np.savez(payload, **arrays)
+        payload_bytes = payload.getvalue()
+        header = {"format": "edgemeta.store", "format_version": FORMAT_VERSION, "model_sha256": self.model_sha256,
+                  "embedding_size": self.embedding_size, "prototype_dtype": self.prototype_dtype,
+                  "keep_support": self.keep_support, "labels": self._labels, "clock": self._clock,
+                  "payload_bytes": len(payload_bytes)}
+        header_bytes = json.dumps(header).encode()
+        body = MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + payload_bytes
+        return body + sha256(body).digest()  # the checksum covers the header too: labels are data
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the store to `path` atomically: a reader, a SIGKILL or a power cut sees the old
+        file or the new one, never a mix."""
+        atomic_write(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_sha256: str | None = None) -> "PrototypeStore":
+        """Reads a store saved by `save`. Raises `StoreError` for a corrupt file, an unknown version,
+        or (with `model_sha256`) a store taught with another model; nothing is changed then."""
+        path = Path(path)
+        remove_stale_temporaries(path)
+        data = path.read_bytes()
+        if data[:2] == b"PK":  # version 1: a bare .npz of sums and counts
+            store = cls._from_v1(data, str(path))
+        else:
+            store = cls._from_v2(data, str(path))
+        if model_sha256 is not None and store.model_sha256 != model_sha256:
+            raise StoreError(
+                f"Store {str(path)!r} was taught with another model (sha256 {store.model_sha256[:12]}…); "
+                f"this bundle's model is {model_sha256[:12]}…. Prototypes are not portable across models: "
+                "re-enroll, or load the matching bundle."
+            )
+        return store
+
+    @classmethod
+    def _from_v2(cls, data: bytes, source: str) -> "PrototypeStore":
+        if data[:8] != MAGIC or len(data) < 12:
+            raise StoreError(f"{source} is not an edgemeta prototype store. Received: first bytes {data[:8]!r}, "
+                             f"expected {MAGIC!r}")
+        (header_length,) = struct.unpack("<I", data[8:12])
+        try:
+            header = json.loads(data[12 : 12 + header_length])
+            version = header.get("format_version")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise StoreError(f"{source} is corrupt: its header does not parse ({e}).") from e
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{source} has store format version {version!r}; this edgemeta "
+                             f"reads versions 1 and {FORMAT_VERSION}. Upgrade edgemeta.")
+        body, digest = data[:-32], data[-32:]
+        if sha256(body).digest() != digest:
+            raise StoreError(f"{source} is corrupt: its contents do not match its checksum "
+                             f"(Received {len(data)} bytes; truncated or damaged).")
+        payload = body[12 + header_length :]
+        store = cls(header["embedding_size"], header["model_sha256"], header["prototype_dtype"], header["keep_support"])
+        with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+            store._means, store._scales = arrays["means"], arrays["scales"]
+            store._counts, store._last_used = arrays["counts"], arrays["last_used"]
+            store._support = [[] for _ in header["labels"]]
+            if store.keep_support is not None:
+                store._support = _unflatten_support(arrays["support_rows"], arrays["support_shapes"], arrays["support_data"])
+        store._labels = list(header["labels"])
+        store._index = {label: i for i, label in enumerate(store._labels)}
+        store._clock = int(header.get("clock", 0))
+        return store
+
+    @classmethod
+    def _from_v1(cls, data: bytes, source: str) -> "PrototypeStore":
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                header, sums = json.loads(str(arrays["header"])), arrays["sums"]
+        except Exception as e:  # a damaged zip can fail in many ways inside numpy/zipfile
+            raise StoreError(f"{source} is corrupt (version-1 store): {e!r}") from e
+        if header.get("format_version") != 1:
+            raise StoreError(f"{source}: unsupported store version. Received: {header.get('format_version')!r}")
+        store = cls(sums.shape[1], header["model_sha256"])
+        for label, total, count in zip(header["labels"], sums, header["counts"]):
+            store.add(label, np.asarray(total, np.float64)[None] / count)
+            store._counts[store._index[label]] = count
+        return store
+
+    # -- internals -----------------------------------------------------------------------------
+    def _row(self, label: str) -> int:
+        if label not in self._index:
+            raise KeyError(f"Unknown label {label!r}. Enrolled labels: {sorted(self._labels)}")
+        return self._index[label]
+
+    def _mean(self, i: int) -> np.ndarray:
+        if self.prototype_dtype == "int8":
+            return self._means[i].astype(np.float64) * float(self._scales[i])
+        return self._means[i].astype(np.float64)
+
+    def _set(self, i: int, mean: np.ndarray) -> None:
+        if self.prototype_dtype == "int8":  # symmetric per-class scale: the largest component maps to 127
+            scale = max(float(np.abs(mean).max()) / 127.0, 1e-12)
+            self._means[i] = np.clip(np.round(mean / scale), -127, 127).astype(np.int8)
+            self._scales[i] = scale
+        else:
+            self._means[i] = mean
+
+
+def _unflatten_support(rows: np.ndarray, shapes: np.ndarray, data: np.ndarray) -> list[list[np.ndarray]]:
+    out, offset, k = [], 0, 0
+    for n in rows:
+        shots = []
+        for _ in range(int(n)):
+            shape = tuple(int(s) for s in shapes[k] if s > 0)
+            size = int(np.prod(shape))
+            shots.append(data[offset : offset + size].reshape(shape))
+            offset, k = offset + size, k + 1
+        out.append(shots)
+    return out
