@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.head import SoftmaxHead
@@ -150,3 +151,17 @@ def test_head_on_real_int8_embeddings_is_no_worse_than_prototypes(digits_run):
     # the contract checked is that fitting never costs accuracy beyond noise
     assert np.mean(head_acc) >= np.mean(proto_acc) - 0.01, (np.mean(proto_acc), np.mean(head_acc))
     assert np.mean(head_acc) > 0.5
+
+
+def test_head_needs_no_tensorflow():
+    result = run_python(
+        "import sys\n"
+        "for name in ('tensorflow', 'tf_keras', 'keras'): sys.modules[name] = None\n"
+        "import numpy as np\n"
+        "from edgemeta.runtime.head import SoftmaxHead\n"
+        "head = SoftmaxHead.from_prototypes(np.eye(2), ['a', 'b'])\n"
+        "head.fit(np.eye(2), ['a', 'b'], steps=3)\n"
+        "print(head.predict(np.eye(2))[0].tolist())\n"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[0, 1]"

@@ -115,7 +115,7 @@ class SoftmaxHead:
         xs = np.hstack([x - mu, np.ones((len(x), 1))])
         theta = np.hstack([self.weights, (self.bias + self.weights @ mu)[:, None]])
         theta0 = np.hstack([self.init_weights, (self.init_bias + self.init_weights @ mu)[:, None]])
-        t, onehot = self.temperature, np.eye(len(self.labels))[y]
+        t, onehot, rows = self.temperature, np.eye(len(self.labels))[y], np.arange(len(y))
         # scale = mean ||[x - mu, 1]||^2 / t^2 bounds the cross-entropy's curvature in theta, which makes
         # both knobs unit-free: a theta step of learning_rate / sqrt(scale) moves a logit by about
         # learning_rate, and the pull is weight_decay times that curvature.
@@ -126,7 +126,7 @@ class SoftmaxHead:
 
         def objective(theta: np.ndarray) -> tuple[float, float, np.ndarray]:
             p = _softmax(xs @ theta.T / t)
-            ce = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-300)).mean())
+            ce = float(-np.log(np.maximum(p[rows, y], 1e-300)).mean())
             return ce + 0.5 * decay * float(((theta - theta0) ** 2).sum()), ce, p
 
         # Adam (Kingma & Ba 2015), because its per-weight step sizes cope with embedding dimensions of
