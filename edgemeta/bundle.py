@@ -6,7 +6,6 @@ Needs only the standard library and numpy, so the board can read it without Tens
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemeta.atomic import atomic_write
+from edgemeta.checksum import sha256_file, sha256_hex
 from edgemeta.preprocessing import Preprocessing
 
 FORMAT = "edgemeta.bundle"
@@ -75,18 +75,14 @@ class Manifest:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def write_bundle(directory: str | os.PathLike, model_bytes: bytes, manifest: Manifest) -> Path:
     """Writes `model.tflite` and `manifest.json` (with the model's sha256) into `directory`."""
     directory = Path(directory)
     atomic_write(directory / MODEL_FILE, model_bytes)
-    manifest.model_sha256 = hashlib.sha256(model_bytes).hexdigest()
+    manifest.model_sha256 = sha256_hex(model_bytes)
     _write_manifest(directory, manifest)
     return directory
 
