@@ -268,7 +268,7 @@ class FewShotAdapter:
                 "for classes. Nothing was changed. Forget classes, raise memory_budget, use "
                 "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
         victims, freed = [], 0
-        order = [label for _, label in sorted(zip(self._store._last_used.tolist(), self._store.labels))]
+        order = self._store.by_last_use()
         per_class = self._store.bytes_per_class(0)
         for label in order:
             if self._store.nbytes() - freed <= self._store_budget:

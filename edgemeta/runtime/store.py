@@ -96,16 +96,19 @@ class PrototypeStore:
 
     def prototypes(self) -> tuple[list[str], np.ndarray]:
         """`(labels, (n, D) float32 means)` in row order."""
+        n = len(self._labels)
         if self.prototype_dtype == "int8":
-            return list(self._labels), self._means.astype(np.float32) * self._scales[:, None]
-        return list(self._labels), self._means
+            return list(self._labels), self._means[:n].astype(np.float32) * self._scales[:n, None]
+        return list(self._labels), self._means[:n]
 
     def support(self, label: str) -> list[Any]:
         """The kept shots of `label` (embeddings or images, per `keep_support`)."""
         return list(self._support[self._row(label)])
 
-    def least_recently_used(self) -> str:
-        return self._labels[int(np.argmin(self._last_used))]
+    def by_last_use(self) -> list[str]:
+        """Labels from the least to the most recently used."""
+        order = np.argsort(self._last_used[: len(self._labels)], kind="stable")
+        return [self._labels[i] for i in order]
 
     def touch(self, labels: list[str]) -> None:
         """Marks `labels` as used now (a prediction or an enrollment)."""
@@ -140,14 +143,7 @@ class PrototypeStore:
             self._set(i, mean)
             self._counts[i] = n + m
         else:
-            i = len(self._labels)
-            self._labels.append(label)
-            self._index[label] = i
-            self._means = np.concatenate([self._means, np.zeros((1, self.embedding_size), self._means.dtype)])
-            self._scales = np.append(self._scales, np.float32(0))
-            self._counts = np.append(self._counts, 0)
-            self._last_used = np.append(self._last_used, 0)
-            self._support.append([])
+            i = self._append_row(label)
             self._set(i, embeddings.mean(0))
             self._counts[i] = len(embeddings)
         if self.keep_support == "embeddings":
@@ -167,9 +163,7 @@ class PrototypeStore:
             self._labels[i], self._support[i] = moved, self._support[last]
             self._index[moved] = i
         self._labels.pop(), self._support.pop()
-        del self._index[label]
-        self._means, self._scales = self._means[:last].copy(), self._scales[:last].copy()
-        self._counts, self._last_used = self._counts[:last].copy(), self._last_used[:last].copy()
+        del self._index[label]  # the row past the end is spare capacity now
 
     def snapshot(self, label: str) -> _Row | None:
         """`label`'s row as it is now (None when absent), for `restore`."""
@@ -185,19 +179,15 @@ class PrototypeStore:
             self.remove(label)
         if row is None:
             return
-        i = len(self._labels)
-        self._labels.append(label)
-        self._index[label] = i
-        self._means = np.concatenate([self._means, row.mean[None]])
-        self._scales = np.append(self._scales, np.float32(row.scale))
-        self._counts = np.append(self._counts, row.count)
-        self._last_used = np.append(self._last_used, row.last_used)
-        self._support.append(row.support)
+        i = self._append_row(label)
+        self._means[i], self._scales[i], self._counts[i], self._last_used[i] = row.mean, row.scale, row.count, row.last_used
+        self._support[i] = row.support
 
     # -- persistence ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {"means": self._means, "scales": self._scales, "counts": self._counts,
-                                         "last_used": self._last_used}
+        n = len(self._labels)
+        arrays: dict[str, np.ndarray] = {"means": self._means[:n], "scales": self._scales[:n], "counts": self._counts[:n],
+                                         "last_used": self._last_used[:n]}
         if self.keep_support is not None:
             shots = [np.asarray(s) for row in self._support for s in row]
             arrays["support_rows"] = np.array([len(row) for row in self._support], np.int64)
@@ -286,6 +276,20 @@ class PrototypeStore:
         return store
 
     # -- internals -----------------------------------------------------------------------------
+    def _append_row(self, label: str) -> int:
+        i = len(self._labels)
+        if i == len(self._means):  # grow by a quarter: amortised O(1) appends, little spare memory
+            grow = max(16, i // 4)
+            self._means = np.concatenate([self._means, np.zeros((grow, self.embedding_size), self._means.dtype)])
+            self._scales = np.concatenate([self._scales, np.zeros(grow, self._scales.dtype)])
+            self._counts = np.concatenate([self._counts, np.zeros(grow, self._counts.dtype)])
+            self._last_used = np.concatenate([self._last_used, np.zeros(grow, self._last_used.dtype)])
+        self._labels.append(label)
+        self._index[label] = i
+        self._support.append([])
+        self._counts[i] = self._last_used[i] = 0
+        return i
+
     def _row(self, label: str) -> int:
         if label not in self._index:
             raise KeyError(f"Unknown label {label!r}. Enrolled labels: {sorted(self._labels)}")

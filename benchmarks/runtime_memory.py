@@ -1,0 +1,78 @@
+"""Peak resident memory of a fresh adapter process with N enrolled classes, beside the planner's prediction.
+
+    python benchmarks/runtime_memory.py --bundle edgemeta/presets/omniglot --classes 1000 --out runs/memory
+
+The child process imports only the runtime (TensorFlow blocked), loads the bundle, enrolls `classes`
+synthetic classes of `shots` raw 105x105 images each, classifies batches, and reports `ru_maxrss`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, sys
+for name in ("tensorflow", "tf_keras", "keras"):
+    sys.modules[name] = None  # the board has none of them
+import numpy as np
+from edgemeta.runtime import FewShotAdapter
+from edgemeta.runtime.memory import current_rss_bytes, peak_rss_bytes
+bundle, classes, shots, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+adapter = FewShotAdapter.from_bundle(bundle, num_threads=1, max_batch=batch)
+loaded = current_rss_bytes()
+rng = np.random.default_rng(0)
+for c in range(classes):
+    images = np.full((shots, 105, 105), 255, np.uint8)
+    for image in images:  # a random cross: a different drawing for every shot
+        x, y = rng.integers(10, 80, 2)
+        image[y : y + 20, x : x + 5] = 0
+        image[x : x + 5, y : y + 20] = 0
+    adapter.enroll(f"class-{c}", images)
+queries = np.full((batch, 105, 105), 255, np.uint8)
+for _ in range(10):
+    adapter.classify(queries)
+print(json.dumps({"peak_rss": peak_rss_bytes(), "rss_after_load": loaded, "store_bytes": adapter.store.nbytes(),
+                  "classes": len(adapter.labels)}))
+"""
+
+
+def measure(bundle: str, classes: int, shots: int = 5, batch: int = 8) -> dict:
+    """Runs the child process and the planner; returns both and their ratio."""
+    from edgemeta.runtime.memory import plan_memory
+
+    result = subprocess.run([sys.executable, "-c", CHILD, bundle, str(classes), str(shots), str(batch)],
+                            capture_output=True, text=True, check=False, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    plan = plan_memory(bundle, batch=batch, shots=shots)
+    predicted = plan.predict(classes)
+    return {**measured, "predicted_rss": predicted, "ratio": measured["peak_rss"] / predicted, "plan": plan.to_dict(),
+            "bundle": bundle, "shots": shots, "batch": batch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="edgemeta/presets/omniglot")
+    parser.add_argument("--classes", type=int, nargs="+", default=[0, 100, 1000, 5000])
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--out", default="runs/memory")
+    args = parser.parse_args()
+    rows = [measure(args.bundle, n, args.shots, args.batch) for n in args.classes]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["| classes | peak RSS (MB) | predicted (MB) | measured / predicted |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['classes']} | {r['peak_rss'] / 2**20:.2f} | {r['predicted_rss'] / 2**20:.2f} | {r['ratio']:.3f} |")
+    (out / "memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
