@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="file keeping what was taught (loaded if present, saved after every change)")
     p.add_argument("--forget", nargs="+", default=[], help="labels to remove")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.add_argument("--unknown-threshold", default="calibrated",
+                   help="distance beyond which an image is 'unknown': 'calibrated' (the bundle's, default), a number, or 'none'")
+    p.add_argument("--memory-budget", help="the process's memory budget, e.g. 96MB: enrolling past it fails and changes nothing")
     p.add_argument("images", nargs="*", help="image files to classify")
 
     p = sub.add_parser("device", help="board profiles: list them, or check that a bundle fits one (memory, Edge TPU)")
@@ -248,8 +251,16 @@ def _adapt(args) -> None:
     from edgemeta.data.folder import list_image_folder
     from edgemeta.runtime import FewShotAdapter
 
-    adapter = (FewShotAdapter.from_bundle(args.bundle, state=args.state) if args.bundle
-               else FewShotAdapter.from_preset(args.preset, state=args.state))
+    threshold = {"calibrated": "calibrated", "none": None}.get(args.unknown_threshold.lower(), None)
+    if args.unknown_threshold.lower() not in ("calibrated", "none"):
+        try:
+            threshold = float(args.unknown_threshold)
+        except ValueError:
+            raise ValueError("--unknown-threshold takes 'calibrated', a distance or 'none'. "
+                             f"Received: {args.unknown_threshold!r}") from None
+    options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget}
+    adapter = (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
+               else FewShotAdapter.from_preset(args.preset, **options))
     if args.support:
         for label, files in list_image_folder(args.support).items():
             total = adapter.enroll(label, files)
@@ -260,9 +271,11 @@ def _adapt(args) -> None:
     if args.images:
         for path, p in zip(args.images, adapter.classify(args.images)):
             if args.json:
-                print(json.dumps({"image": path, "label": p.label, "distance": p.distance, "score": p.score}))
+                print(json.dumps({"image": path, "label": p.label, "nearest": p.nearest, "distance": p.distance,
+                                  "score": p.score}))
             else:
-                print(f"{path}\t{p.label}\tdistance={p.distance:.3f}\tscore={p.score:.3f}")
+                shown = p.label if not p.unknown else f"unknown (nearest {p.nearest!r})"
+                print(f"{path}\t{shown}\tdistance={p.distance:.3f}\tscore={p.score:.3f}")
     elif not (args.support or args.forget):
         print(f"Enrolled labels: {adapter.labels}")
 
