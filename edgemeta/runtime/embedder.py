@@ -1,18 +1,28 @@
-"""Runs a bundle's TFLite model on raw images: preprocessing, (de)quantization, batching."""
+"""Runs a bundle's TFLite model on raw images: verified loading, preprocessing, (de)quantization, batching."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgemeta.bundle import Manifest, read_bundle
+from edgemeta.bundle import MANIFEST_FILE, MODEL_FILE, Manifest
 from edgemeta.runtime.interpreter import make_interpreter
+from edgemeta.runtime.verify import ModelInfo, verify_model
 
 
 class Embedder:
     """Maps images to embeddings with a bundle's model, applying the manifest's preprocessing.
+
+    The model's bytes are read once, checked against the manifest's sha256, verified (see
+    `edgemeta.runtime.verify`) and handed to the interpreter as those same bytes, so a file replaced
+    between the check and the load cannot slip in. Calls from several threads are serialised: the
+    interpreter itself is not thread-safe.
 
     Example:
         >>> embedder = Embedder.from_bundle("bundle/")  # doctest: +SKIP
@@ -22,18 +32,48 @@ class Embedder:
 
     max_batch = 64  # bounds the interpreter's tensor memory on small boards
 
-    def __init__(self, model_path: str | os.PathLike, manifest: Manifest, num_threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | bytes, manifest: Manifest, num_threads: int | None = None,
+                 *, delegate: str | None = None, verify: bool = True) -> None:
+        """`model` is a model file's path or its bytes. With `verify`, the bytes are checked against
+        `manifest` and probed before this process's interpreter sees them (raises
+        `ModelVerificationError`); the manifest's sha256 is checked by `from_bundle`."""
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            model_bytes = bytes(model)
+        elif isinstance(model, (str, os.PathLike)):
+            model_bytes = Path(model).read_bytes()
+        else:
+            raise TypeError(f"model must be a model file's path or its bytes. Received: {type(model).__name__}")
         self.manifest = manifest
         self.preprocessing = manifest.preprocessing
-        self._interpreter = make_interpreter(str(model_path), num_threads)
+        # With a delegate (e.g. an Edge TPU custom op) the CPU probe may not resolve every op; only a
+        # crash or a hang of the probe then refuses the model.
+        self.model_info: ModelInfo | None = (
+            verify_model(model_bytes, manifest, strict_probe=delegate is None) if verify else None
+        )
+        self._interpreter = _build_interpreter(model_bytes, num_threads, delegate)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
+        # A model with a fixed batch (e.g. compiled for the Edge TPU) is fed exactly that many images per run.
+        signature = self._input.get("shape_signature", self._input["shape"])
+        self._static_batch = int(self._input["shape"][0]) if len(signature) and signature[0] != -1 else None
         self._batch = None
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, num_threads: int | None = None) -> "Embedder":
-        model_path, manifest = read_bundle(path)
-        return cls(model_path, manifest, num_threads)
+    def from_bundle(cls, path: str | os.PathLike, num_threads: int | None = None, delegate: str | None = None,
+                    verify: bool = True) -> "Embedder":
+        """Loads a bundle directory. The hash check always runs; `verify=False` skips only the model
+        checks of `edgemeta.runtime.verify` (for a bundle already verified, e.g. in a benchmark loop)."""
+        directory = Path(path)
+        manifest = _read_manifest(directory)
+        model_bytes = (directory / MODEL_FILE).read_bytes()  # the only read: these bytes are checked and loaded
+        actual = hashlib.sha256(model_bytes).hexdigest()
+        if actual != manifest.model_sha256:
+            raise ValueError(
+                f"{directory / MODEL_FILE} does not match its manifest (corrupt or replaced copy?). "
+                f"Received sha256 {actual}; manifest says {manifest.model_sha256}."
+            )
+        return cls(model_bytes, manifest, num_threads, delegate=delegate, verify=verify)
 
     @property
     def embedding_size(self) -> int:
@@ -46,23 +86,64 @@ class Embedder:
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""
         expected = self.preprocessing.input_shape
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"Expected a numpy array of shape (n, *{expected}). Received: {type(x).__name__}")
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"Expected preprocessed images of shape (n, *{expected}). Received: {x.shape}")
-        return np.concatenate([self._invoke(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+        if len(x) == 0:
+            raise ValueError(f"Expected at least one preprocessed image. Received: shape {x.shape}")
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"Expected float32 pixels in [0, 1]. Received: dtype {x.dtype}")
+        if x.dtype.kind == "f":
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if bad:
+                raise ValueError(f"images contain NaN or Inf (pixels must be finite, in [0, 1]). "
+                                 f"Received: {bad} non-finite values")
+        step = self._static_batch or self.max_batch
+        return np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        interp, inp, out = self._interpreter, self._input, self._output
-        if self._batch != len(x):
-            interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
-            interp.allocate_tensors()
-            self._batch = len(x)
-        if inp["dtype"] == np.int8:
-            scale, zero_point = inp["quantization"]
-            x = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
-        interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
-        interp.invoke()
-        y = interp.get_tensor(out["index"])
+        n = len(x)
+        if self._static_batch and n < self._static_batch:  # pad the last chunk; its extra rows are dropped
+            x = np.concatenate([x, np.zeros((self._static_batch - n, *x.shape[1:]), x.dtype)])
+        # One interpreter, one set of tensors: resize, set, invoke and read must not interleave.
+        with self._lock:
+            interp, inp, out = self._interpreter, self._input, self._output
+            if self._batch != len(x):
+                if not self._static_batch:
+                    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+                interp.allocate_tensors()
+                self._batch = len(x)
+            if inp["dtype"] == np.int8:
+                scale, zero_point = inp["quantization"]
+                x = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+            interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+            interp.invoke()
+            y = interp.get_tensor(out["index"])
         if out["dtype"] == np.int8:
             scale, zero_point = out["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
-        return y.astype(np.float32).reshape(len(x), -1)
+        return y.astype(np.float32).reshape(len(x), -1)[:n]
+
+
+def _read_manifest(directory: Path) -> Manifest:
+    """The manifest half of `edgemeta.bundle.read_bundle`, same errors; the model is read by the caller, once."""
+    manifest_path, model_path = directory / MANIFEST_FILE, directory / MODEL_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Bundle directory not found. Received: {str(directory)!r}")
+    for path in (manifest_path, model_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Not a complete bundle: {path.name} is missing. Received: {str(directory)!r}, "
+                f"expected {MODEL_FILE} and {MANIFEST_FILE} inside it."
+            )
+    with open(manifest_path) as f:
+        try:
+            return Manifest.from_dict(json.load(f), source=str(manifest_path))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"Malformed bundle manifest {str(manifest_path)!r}: {e!r}") from e
+
+
+def _build_interpreter(model_bytes: bytes, num_threads: int | None, delegate: str | None) -> Any:
+    """An interpreter built from the verified bytes themselves (`model_content=`), never from the path."""
+    return make_interpreter(None, num_threads, model_content=model_bytes, delegate=delegate)
