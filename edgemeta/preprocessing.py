@@ -6,9 +6,10 @@ meta-training and what the board feeds the model cannot drift apart. Needs numpy
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,9 @@ class Preprocessing:
     channels: int = 1
     invert: bool = False
     resample: str = "bilinear"
+    # At most this many images per call (override per call with `max_images=`): a bound on the memory
+    # one request can take on a small board. Not part of the manifest.
+    max_images: ClassVar[int] = 1024
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -56,16 +60,25 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
         return cls(**{k: d[k] for k in ("height", "width", "channels", "invert", "resample")})
 
-    def __call__(self, images: Any) -> np.ndarray:
+    def __call__(self, images: Any, max_images: int | None = None) -> np.ndarray:
         """Preprocesses one image or many; returns float32 `(n, height, width, channels)`.
 
-        Accepts a file path, a `(H, W)` or `(H, W, C)` array, a stacked `(N, H, W[, C])` array, or a
-        list of any of these (sizes may differ). Example:
+        Accepts a file path, a PIL image, a `(H, W)` or `(H, W, C)` array, a stacked `(N, H, W[, C])`
+        array, or a list of any of these (sizes may differ); pixels uint8 (0..255), bool, or finite
+        floats in [0, 1]. At most `max_images` (default `Preprocessing.max_images`) per call. Example:
 
         >>> Preprocessing(28, 28, 1, invert=True)(np.full((105, 105), 255, np.uint8)).shape
         (1, 28, 28, 1)
         """
-        return np.stack([self.one(image) for image in as_image_list(images)])
+        limit = self.max_images if max_images is None else max_images
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"max_images must be a positive integer. Received: {limit!r}")
+        items = as_image_list(images, limit=int(limit))
+        # Every NaN/Inf of the batch is counted before any work, so the error says how bad it is.
+        bad = sum(_count_non_finite(item) for item in items if isinstance(item, np.ndarray))
+        if bad:
+            raise ValueError(_non_finite_message(bad))
+        return np.stack([self.one(image) for image in items])
 
     def one(self, image: Any) -> np.ndarray:
         """Preprocesses a single image (array or path) to float32 `(height, width, channels)`."""
@@ -91,9 +104,10 @@ class Preprocessing:
         return 1.0 - out if self.invert else out
 
 
-def as_image_list(images: Any) -> list[Any]:
-    """Normalises the accepted input forms to a list of single images, with clear errors."""
-    if isinstance(images, (str, os.PathLike)):
+def as_image_list(images: Any, limit: int | None = None) -> list[Any]:
+    """Normalises the accepted input forms to a list of single images, with clear errors; more than
+    `limit` images (when given) is an error, found without materialising a long iterable."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
         return [images]
     if isinstance(images, np.ndarray):
         if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
@@ -101,35 +115,65 @@ def as_image_list(images: Any) -> list[Any]:
         if images.ndim in (3, 4):
             if len(images) == 0:
                 raise ValueError(f"Expected at least one image. Received: an empty array of shape {images.shape}")
+            _check_count(len(images), limit)
             return list(images)
         raise ValueError(
             "Expected an image of shape (H, W) or (H, W, C), or a stack (N, H, W[, C]). "
-            f"Received: an array of shape {images.shape}"
+            f"Received: an array of shape {images.shape} (dtype {images.dtype})"
         )
-    if isinstance(images, Iterable) and not isinstance(images, (bytes, dict)):
-        items = list(images)
+    if isinstance(images, Iterable) and not isinstance(images, (bytes, bytearray, dict)):
+        if limit is not None and hasattr(images, "__len__"):
+            _check_count(len(images), limit)
+        items = list(images if limit is None else itertools.islice(images, limit + 1))
         if not items:
             raise ValueError("Expected at least one image. Received: an empty sequence")
+        if limit is not None and len(items) > limit:
+            _check_count(None, limit)
         return items
     raise TypeError(
-        "Expected a file path, a numpy array or a list of them. "
+        "Expected a file path, a PIL image, a numpy array or a list of them. "
         f"Received: {type(images).__name__}"
     )
+
+
+def _check_count(count: int | None, limit: int | None) -> None:
+    if limit is not None and (count is None or count > limit):
+        received = f"more than {limit} images" if count is None else f"{count} images"
+        raise ValueError(
+            f"Too many images in one call: at most {limit} (Preprocessing.max_images, or pass max_images=); "
+            f"split the batch. Received: {received}"
+        )
+
+
+def _count_non_finite(array: np.ndarray) -> int:
+    return int(array.size - np.count_nonzero(np.isfinite(array))) if array.dtype.kind == "f" else 0
+
+
+def _non_finite_message(count: int) -> str:
+    return (f"images contain NaN or Inf (float pixels must be finite, in [0, 1]). "
+            f"Received: {count} non-finite values")
 
 
 def _load(image: Any) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"Image file not found. Received: {os.fspath(image)!r}")
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
-    if isinstance(image, Image.Image):
-        return np.asarray(image)
-    array = np.asarray(image)
+        try:
+            with Image.open(image) as im:
+                return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
+        except (OSError, Image.DecompressionBombError) as e:  # not an image, unreadable, or a decompression bomb
+            raise ValueError(f"Cannot read an image from the file ({e}). Received: {os.fspath(image)!r}") from e
+    try:
+        array = np.asarray(image)
+    except (ValueError, TypeError) as e:  # e.g. a ragged nested list
+        raise ValueError(
+            f"Expected an image array of shape (H, W) or (H, W, C). Received: a {type(image).__name__} "
+            f"that is not a rectangular array ({e})"
+        ) from e
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
         raise ValueError(
             "Expected an image of shape (H, W) or (H, W, C) with C in 1, 3, 4. "
-            f"Received: shape {array.shape}"
+            f"Received: shape {array.shape} (from a {type(image).__name__})"
         )
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"Expected a non-empty image. Received: shape {array.shape}")
@@ -142,8 +186,9 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise ValueError("Expected finite pixel values. Received: an image containing NaN or inf")
+        bad = _count_non_finite(array)
+        if bad:
+            raise ValueError(_non_finite_message(bad))
         lo, hi = float(array.min()), float(array.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
@@ -151,5 +196,8 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
                 f"Received: values in [{lo:.3g}, {hi:.3g}]"
             )
         return array.astype(np.float32)
-    raise TypeError(f"Expected uint8, bool or float pixels. Received: dtype {array.dtype}")
+    raise TypeError(
+        "Expected pixels of dtype uint8 (0..255), bool, or float (finite, in [0, 1]). "
+        f"Received: dtype {array.dtype}"
+    )
 
