@@ -135,25 +135,45 @@ def test_models_that_segfault_the_interpreter_are_refused_by_the_probe(int8_bund
     assert first.embed(np.zeros((28, 28), np.uint8)).shape == (1, 64)
 
 
-def _segfault(stage):
-    stage("reading address 0")
+def test_model_whose_graph_computes_another_output_shape_is_refused(int8_bundle, model_bytes, tmp_path):
+    # The file still declares output [1, 64], but the RESHAPE's constant target shape [-1, 64] becomes
+    # [-1, 32]: each image yields two rows of 32. Only running the graph shows it.
+    buf = _Buffer(model_bytes)
+    root = buf.table(buf.read("<I", 0, "root"), "model")
+    builtin = [code.scalar(3, "<i") or code.scalar(0, "<b") for code in root.tables(1, "operator_codes")]
+    subgraph = root.tables(2, "subgraphs")[0]
+    reshape = next(op for op in subgraph.tables(3, "operators") if builtin[op.scalar(0, "<I")] == 22)
+    target = subgraph.tables(0, "tensors")[reshape.ints(1, "i", "inputs")[1]]
+    start, length = root.tables(4, "buffers")[target.scalar(2, "<I")].vector(0, 1, "data")
+    assert struct.unpack_from("<2i", model_bytes, start) == (-1, 64)
+    edited = bytearray(model_bytes)
+    struct.pack_into("<i", edited, start + 4, 32)
+    with pytest.raises(ModelVerificationError) as info:
+        Embedder.from_bundle(hostile_bundle(tmp_path / "b", bytes(edited), int8_bundle))
+    assert info.value.stage == "probe"
+    assert str(info.value) == ("model.tflite computes the wrong output: for 1 image(s) the runtime needs shape [1, 64] "
+                               "(embedding_size=64); the file declares [1, 64]. Received: output shape [2, 32] when run")
+
+
+def _segfault(send):
+    send("stage reading address 0")
     ctypes.string_at(0)  # a real SIGSEGV
 
 
-def _hang(stage):
-    stage("sleeping")
+def _hang(send):
+    send("stage sleeping")
     time.sleep(60)
 
 
 def test_probe_reports_a_crash_or_a_hang_of_the_child():
-    status, message = _run_in_child(_segfault, timeout=10)
+    status, message, _ = _run_in_child(_segfault, timeout=10)
     assert status == "crash" and "crashes the interpreter (SIGSEGV) in reading address 0" in message
     started = time.monotonic()
-    status, message = _run_in_child(_hang, timeout=0.5)
+    status, message, _ = _run_in_child(_hang, timeout=0.5)
     assert status == "crash" and "hangs the interpreter: no result after 0.5 s in sleeping" in message
     assert time.monotonic() - started < 5  # killed, not waited for
-    assert _run_in_child(lambda stage: None, timeout=10) == ("ok", "")
-    status, message = _run_in_child(lambda stage: int("x"), timeout=10)
+    assert _run_in_child(lambda send: send("a note"), timeout=10) == ("ok", "", ["a note"])
+    status, message, _ = _run_in_child(lambda send: int("x"), timeout=10)
     assert status == "error" and "ValueError: invalid literal" in message
 
 

@@ -100,7 +100,11 @@ class Embedder:
                 raise ValueError(f"images contain NaN or Inf (pixels must be finite, in [0, 1]). "
                                  f"Received: {bad} non-finite values")
         step = self._static_batch or self.max_batch
-        return np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
+        y = np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
+        if y.shape[1] != self.embedding_size:  # a model loaded with verify=False can still disagree
+            raise RuntimeError(f"model.tflite computes {y.shape[1]} values per image, not the manifest's "
+                               f"embedding_size={self.embedding_size}. Received: output shape {y.shape}")
+        return y
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         n = len(x)

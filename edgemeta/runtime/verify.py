@@ -7,14 +7,14 @@ Three layers, cheapest first, each raising `ModelVerificationError` (a `ValueErr
    indices between them, shapes, buffer sizes) all lie inside the file and agree with each other.
 2. Semantics, against the bundle's manifest: one float32/int8 input of the manifest's image shape and
    one output of `embedding_size` values.
-3. A crash probe: the model is built, allocated and run on zeros in a forked child, because the
-   TFLite C++ runtime can still crash the whole process on a structurally valid but inconsistent
-   model. Measured with ai-edge-litert 2.3.0 (see benchmarks/fuzz_models.py): its own flatbuffer
+3. A crash probe: the model is built, allocated and run on zeros in a forked child (with a manifest,
+   the output it computes must be (n, embedding_size) for n images), because the TFLite C++ runtime
+   can still crash the whole process on a structurally valid but inconsistent model. Measured with ai-edge-litert 2.3.0 (see benchmarks/fuzz_models.py): its own flatbuffer
    verifier rejects every truncation and header corruption, and 4,200 random bit-flip variants never
    crashed it; but a CONV_2D filter input set to -1, an operator code swapped to SPLIT/SLICE/FAKE_QUANT
    or a tensor typed RESOURCE each kill the process with SIGSEGV in allocate_tensors/invoke, and an
-   absurd activation shape makes allocation hang. Passing hashes are cached, so each model is probed once
-   per process. Without `os.fork` (Windows) the probe is skipped and `ModelInfo.probe` says so.
+   absurd activation shape makes allocation hang. Passing hashes are cached, so each model is probed
+   once per process. Without `os.fork` (Windows) the probe is skipped and `ModelInfo.probe` says so.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     probe: str = "not run"  # "passed", "passed (cached)", "skipped: ...", "inconclusive: ..."
+    # (batch, shape of outputs[0]) for each run of the probe: what the graph computes, not what it declares.
+    runs: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 def verify_model(model_bytes: bytes, manifest: Manifest | None = None, *, probe: bool = True,
@@ -104,8 +106,19 @@ def verify_model(model_bytes: bytes, manifest: Manifest | None = None, *, probe:
     if manifest is not None:
         check_against_manifest(info, manifest)
     if probe:
-        info = _replace_probe(info, probe_model(model_bytes, sha256=info.sha256, strict=strict_probe,
-                                                 timeout=timeout))
+        status, runs = probe_model(model_bytes, sha256=info.sha256, strict=strict_probe, timeout=timeout)
+        info = replace(info, probe=status, runs=runs)
+        if manifest is not None:
+            # The declared output shape can disagree with what the graph computes (a corrupt reshape
+            # or batch dimension, say): what counts is what the interpreter returns for n images.
+            for batch, shape in runs:
+                if len(shape) < 2 or shape[0] != batch or math.prod(shape[1:]) != manifest.embedding_size:
+                    raise ModelVerificationError(
+                        f"model.tflite computes the wrong output: for {batch} image(s) the runtime needs "
+                        f"shape [{batch}, {manifest.embedding_size}] (embedding_size={manifest.embedding_size}); "
+                        f"the file declares {list(info.outputs[0].shape)}. Received: output shape {list(shape)} "
+                        "when run",
+                        stage="probe")
     return info
 
 
@@ -387,14 +400,15 @@ def check_against_manifest(info: ModelInfo, manifest: Manifest) -> None:
 # Layer 3: the crash probe.
 # ---------------------------------------------------------------------------------------------
 
-_probed: set[str] = set()  # sha256 of models that ran cleanly in a probe (this process)
+_probed: dict[str, tuple] = {}  # sha256 -> its runs (batch, output shape), of models that ran cleanly here
 _probed_lock = threading.Lock()
 
 
 def probe_model(model_bytes: bytes, *, sha256: str | None = None, strict: bool = True,
-                timeout: float = PROBE_TIMEOUT) -> str:
-    """Layer 3: builds, allocates and runs the model (on zeros, at its own batch and at batch 2) in a
-    forked child. Returns "passed", "passed (cached)", or "skipped: ..." where there is no fork.
+                timeout: float = PROBE_TIMEOUT) -> tuple[str, tuple[tuple[int, tuple[int, ...]], ...]]:
+    """Layer 3: builds, allocates and runs the model (on zeros, at its own batch, then at batch 2 for a
+    dynamic batch) in a forked child. Returns `(status, runs)`: runs are (batch, shape of outputs[0]);
+    status "passed", "passed (cached)", "inconclusive: ..." or "skipped: ..." (no fork, no runs).
 
     A child killed by a signal or still running after `timeout` s raises ModelVerificationError; so
     does a Python error in the child when `strict` (otherwise the probe is "inconclusive: ...").
@@ -402,26 +416,30 @@ def probe_model(model_bytes: bytes, *, sha256: str | None = None, strict: bool =
     sha256 = sha256 or hashlib.sha256(model_bytes).hexdigest()
     with _probed_lock:
         if sha256 in _probed:
-            return "passed (cached)"
+            return "passed (cached)", _probed[sha256]
     if not hasattr(os, "fork"):
         # Windows has no fork, and a spawned interpreter would cost a second per load: the model is
         # loaded in-process after layers 1-2 only. The edge targets (Linux boards) all have fork.
-        return "skipped: this platform has no os.fork"
+        return "skipped: this platform has no os.fork", ()
     from edgemeta.runtime.interpreter import interpreter_class
 
     interpreter = interpreter_class()[0]  # import it here, once, so the child does not have to
-    status, detail = _run_in_child(lambda stage: _probe_run(interpreter, bytes(model_bytes), stage), timeout)
+    status, detail, notes = _run_in_child(lambda send: _probe_run(interpreter, bytes(model_bytes), send), timeout)
     if status == "ok":
+        runs = tuple(_parse_run(n) for n in notes if n.startswith("run "))
         with _probed_lock:
-            _probed.add(sha256)
-        return "passed"
+            _probed[sha256] = runs
+        return "passed", runs
     if status == "error" and not strict:
-        return f"inconclusive: {detail}"
+        return f"inconclusive: {detail}", ()
     raise ModelVerificationError(detail, stage="probe")
 
 
-def _probe_run(interpreter: type, model_bytes: bytes, stage: Callable[[str], None]) -> None:
+def _probe_run(interpreter: type, model_bytes: bytes, send: Callable[[str], None]) -> None:
     import numpy as np
+
+    def stage(name: str) -> None:
+        send(f"stage {name}")
 
     stage("building the interpreter")
     it = interpreter(model_content=model_bytes, num_threads=1)
@@ -441,14 +459,21 @@ def _probe_run(interpreter: type, model_bytes: bytes, stage: Callable[[str], Non
         for d in inputs:
             it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         it.invoke()
-        for d in it.get_output_details():
-            it.get_tensor(d["index"])
+        shapes = [it.get_tensor(d["index"]).shape for d in it.get_output_details()]
+        send(f"run {inputs[0]['shape'][0] if inputs and len(inputs[0]['shape']) else 0} "
+             + ",".join(map(str, shapes[0] if shapes else ())))
 
 
-def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float) -> tuple[str, str]:
-    """Runs `work(stage)` in a forked child. Returns ("ok", ""), or ("error", message) for a Python
-    exception; a crash or a hang becomes ("crash", message). `stage(name)` tells the parent where the
-    child is, so a crash can say in which step it happened."""
+def _parse_run(line: str) -> tuple[int, tuple[int, ...]]:
+    _, batch, *dims = line.split(" ")
+    return int(batch), tuple(int(d) for d in (dims[0].split(",") if dims and dims[0] else ()))
+
+
+def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float) -> tuple[str, str, list[str]]:
+    """Runs `work(send)` in a forked child. Returns `(status, message, lines)`: status "ok" (message
+    ""), "error" for a Python exception, or "crash" for a signal or a hang. The child's `send(line)`
+    reaches the parent as it happens: "stage NAME" lines say where the child is (so a crash can say
+    in which step), the others are returned in `lines`."""
     log = tempfile.TemporaryFile()  # the child's stderr: the interpreter's own error lines
     read_end, write_end = os.pipe()
     try:
@@ -461,7 +486,7 @@ def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float)
             os.close(read_end)
             os.dup2(log.fileno(), 2)
             faulthandler.disable()  # a crash here is the expected outcome, not a traceback for the user
-            work(lambda name: os.write(write_end, f"stage {name}\n".encode()))
+            work(lambda line: os.write(write_end, (line.replace("\n", " ") + "\n").encode()))
             os._exit(0)
         except BaseException as e:  # noqa: BLE001 - every failure is reported to the parent
             try:
@@ -482,6 +507,12 @@ def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float)
         os.close(read_end)
         log.close()
     lines = output.decode("utf-8", "replace").splitlines()
+    notes = [l for l in lines if not l.startswith(("stage ", "error "))]
+    return (*_verdict(lines, status, timed_out, timeout, stderr), notes)
+
+
+def _verdict(lines: list[str], status: int, timed_out: bool, timeout: float, stderr: str) -> tuple[str, str]:
+    """(status, message) of a finished probe child, from what it sent, how it ended and its stderr."""
     stage = next((l[6:] for l in reversed(lines) if l.startswith("stage ")), "starting")
     errors = [l[6:] for l in lines if l.startswith("error ")]
     if timed_out:
@@ -513,9 +544,3 @@ def _read_until_eof(fd: int, deadline: float) -> tuple[bytes, bool]:
         if not chunk:  # every copy of the write end is closed: the child has exited
             return b"".join(chunks), False
         chunks.append(chunk)
-
-
-def _replace_probe(info: ModelInfo, probe: str) -> ModelInfo:
-    from dataclasses import replace
-
-    return replace(info, probe=probe)
