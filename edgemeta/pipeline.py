@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgemeta import __version__
-from edgemeta.bundle import MANIFEST_FILE, update_provenance
+from edgemeta.bundle import MANIFEST_FILE, update_open_set, update_provenance
 from edgemeta.evaluation import EvalResult
 from edgemeta.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN, TrainConfig, load_learner, load_run, load_split, train
 
@@ -60,12 +61,19 @@ def recipe_for(recipe: str, learner: str = "protonet", **overrides: Any) -> Trai
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
-               data_dir: str | None = None) -> tuple[Path, dict[str, Any]]:
+               data_dir: str | None = None, open_set_target: float | None = 0.05) -> tuple[Path, dict[str, Any]]:
     """Converts a trained run to a bundle. When the run has held-out classes, measures the bundle's
     accuracy through the runtime (and the Keras model's on the same episodes) and records both in the
-    manifest's provenance."""
-    from converters import export_bundle
+    manifest's provenance.
 
+    With `open_set_target` (a false-accept rate; None skips), calibrates the "unknown" distance threshold
+    through the written bundle on the run's training classes (`edgemeta.openset.calibrate_training_set`)
+    and stores it in the manifest's `open_set`."""
+    from converters import export_bundle
+    from edgemeta.openset import calibrate_training_set, check_target
+
+    if open_set_target is not None:
+        check_target(open_set_target)  # before anything is written
     learner, run = load_learner(run_dir)
     backbone = learner.backbone
     config = TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
@@ -86,6 +94,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     if test_set is not None and episodes:
         measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"], learner=learner)
         update_provenance(path, {**provenance, "measured_accuracy": measured})
+    if open_set_target is not None:
+        # Through the written bundle, so int8 effects are in the threshold the board will compare against.
+        try:
+            open_set = calibrate_training_set(path, train_set, open_set_target)
+        except ValueError as e:  # e.g. a folder dataset with too few images per class: the bundle is still valid
+            warnings.warn(f"No open-set threshold stored in {path}: {e}", stacklevel=2)
+        else:
+            update_open_set(path, open_set)
     return path, measured
 
 

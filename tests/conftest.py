@@ -45,6 +45,21 @@ def digits_run(tmp_path_factory):
     return {"dir": out, "run": out / "run", "net": net, "train": train_set, "test": test_set, "bundles": bundles}
 
 
+@pytest.fixture(scope="session")
+def omniglot_split_run(omniglot, tmp_path_factory):
+    """A ProtoNet meta-trained briefly (200 20-way 1-shot episodes) on the 5 training alphabets and
+    exported int8; the held-out alphabets' tests (accuracy, open-set) share it instead of each training."""
+    from converters import export_bundle
+    from edgemeta.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN, TrainConfig, train
+
+    out = tmp_path_factory.mktemp("omniglot_split_run")
+    train_set, test_set = omniglot.subset(groups=OMNIGLOT_TRAIN), omniglot.subset(groups=OMNIGLOT_TEST)
+    config = TrainConfig(dataset="omniglot", n_way=20, k_shot=1, n_query=5, steps=200, epochs=1, max_shift=1)
+    net, _, _ = train(config, out / "run", verbose=0, train_set=train_set)
+    bundle = export_bundle(net.backbone, out / "int8", train_set.preprocessing, "int8", train_set.images)
+    return {"dir": out, "run": out / "run", "net": net, "train": train_set, "test": test_set, "int8": bundle}
+
+
 def run_python(code: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter of this venv (real process, real imports)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, **kwargs)

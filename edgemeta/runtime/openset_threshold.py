@@ -1,0 +1,62 @@
+"""The open-set distance threshold for a given number of enrolled classes, from a bundle's calibration (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def threshold_for(open_set: dict[str, Any], n_classes: int, target: float | None = None,
+                  k_shot: int | None = None) -> float:
+    """The nearest-prototype distance above which a query should be called "unknown" so that a fraction
+    `target` (default: the calibrated one) of never-enrolled queries is still accepted, with `n_classes`
+    enrolled classes of `k_shot` shots each (default: the calibrated k_shot).
+
+    A query is falsely accepted when it is close to ANY of the N prototypes, so the threshold must shrink as
+    N grows. The manifest's `impostor_quantiles` tabulate F, the distribution of the distance between a
+    never-enrolled query and ONE prototype of another class; treating the N distances as independent,
+    P(min <= t) = 1 - (1 - F(t))^N, so the threshold is F's quantile at 1 - (1 - target)^(1/N).
+    Without a table (older calibrations) only the stored `threshold` is available.
+
+    Example:
+        >>> threshold_for(manifest.open_set, n_classes=5)  # doctest: +SKIP
+        6.91
+    """
+    if not isinstance(open_set, dict) or "threshold" not in open_set:
+        raise ValueError(f"open_set must be a bundle's open-set calibration (a dict with 'threshold'). Received: {open_set!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive integer. Received: {n_classes!r}")
+    calibrated_target = float(open_set.get("target_false_accept", np.nan))
+    target = calibrated_target if target is None else target
+    if not (isinstance(target, (int, float)) and 0.0 < target < 1.0):
+        raise ValueError(f"target must be a false-accept rate in (0, 1). Received: {target!r}")
+    if k_shot is not None and (isinstance(k_shot, bool) or not isinstance(k_shot, (int, np.integer)) or k_shot < 1):
+        raise ValueError(f"k_shot must be a positive integer or None. Received: {k_shot!r}")
+    table = open_set.get("impostor_quantiles")
+    if not table:
+        if target == calibrated_target and n_classes == open_set.get("n_way") and k_shot in (None, open_set.get("k_shot")):
+            return float(open_set["threshold"])
+        raise ValueError(
+            "This calibration has no impostor_quantiles table, so its threshold holds only for the setting it was "
+            f"calibrated in (n_way={open_set.get('n_way')}, k_shot={open_set.get('k_shot')}, target={calibrated_target}). "
+            f"Received: n_classes={n_classes}, k_shot={k_shot}, target={target}. Re-export the bundle to get the table."
+        )
+    k_shot = int(open_set.get("k_shot", 1)) if k_shot is None else int(k_shot)
+    # Per-class false-accept rate; -expm1(log1p(-x)/N) keeps precision when target/N is tiny.
+    p = float(-np.expm1(np.log1p(-target) / int(n_classes)))
+    log_p = np.log(np.asarray(table["probabilities"], np.float64))
+    shots = sorted(int(k) for k in table["distances"])
+    per_k = [_quantile(log_p, np.asarray(table["distances"][str(k)], np.float64), np.log(p)) for k in shots]
+    # An impostor's distance to a k-shot prototype falls roughly like trace(covariance)/k: interpolate in 1/k.
+    inv = [1.0 / k for k in shots]
+    return float(np.interp(1.0 / k_shot, inv[::-1], per_k[::-1]))
+
+
+def _quantile(log_p: np.ndarray, distances: np.ndarray, at: float) -> float:
+    """The tabulated quantile at log-probability `at`; below the table, extrapolated along its last
+    segment (rejecting more, not less, when many classes push the per-class rate below what was sampled)."""
+    if at >= log_p[0]:
+        return float(np.interp(at, log_p, distances))
+    slope = (distances[1] - distances[0]) / (log_p[1] - log_p[0])
+    return float(max(0.0, distances[0] + slope * (at - log_p[0])))
