@@ -15,7 +15,7 @@ import numpy as np
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.metric import for_metric, squared_distances
-from edgemeta.runtime.store import PrototypeStore, StoreError
+from edgemeta.runtime.store import CLASS_BLOCK, PrototypeStore, StoreError
 
 ON_FULL = ("error", "evict")
 
@@ -206,7 +206,9 @@ class FewShotAdapter:
             if not len(self._store):
                 raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
             labels, protos = self._store.prototypes()
-            d = squared_distances(queries, for_metric(protos, self.metric))
+            # In blocks of classes: the float64 copies squared_distances makes stay small at any class count.
+            d = np.concatenate([squared_distances(queries, for_metric(protos[i : i + CLASS_BLOCK], self.metric))
+                                for i in range(0, len(protos), CLASS_BLOCK)], axis=1)
             if self._head is not None and self._head.labels == labels:
                 best, p = self._head.predict(queries)
             else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgemeta.bundle import MANIFEST_FILE, MODEL_FILE, Manifest
+from edgemeta.checksum import sha256_hex
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify import ModelInfo, verify_model
 
@@ -67,7 +67,7 @@ class Embedder:
         directory = Path(path)
         manifest = _read_manifest(directory)
         model_bytes = (directory / MODEL_FILE).read_bytes()  # the only read: these bytes are checked and loaded
-        actual = hashlib.sha256(model_bytes).hexdigest()
+        actual = sha256_hex(model_bytes)
         if actual != manifest.model_sha256:
             raise ValueError(
                 f"{directory / MODEL_FILE} does not match its manifest (corrupt or replaced copy?). "

@@ -24,28 +24,40 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemeta.runtime.store import CLASS_BLOCK
+
 MB = 1 << 20
+CLASSIFY_ARRAYS = 6  # (batch, classes) float64 arrays alive at once in classify: distances, logits, exp, ...
 RAW_IMAGE_BYTES = 105 * 105  # an Omniglot-sized grayscale uint8 photo; what `working` assumes per image
 
 
 def current_rss_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak so far."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
+    """This process's resident memory now (Linux `VmRSS`), else its peak so far."""
+    return _proc_status("VmRSS:") or peak_rss_bytes()
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory (`ru_maxrss`: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident memory: Linux `VmHWM`, else `ru_maxrss` (KiB on Linux, bytes on
+    macOS). `ru_maxrss` survives exec, so a child started from a large process (a test runner with
+    TensorFlow loaded) would report its parent's size; `VmHWM` belongs to the new program alone."""
+    hwm = _proc_status("VmHWM:")
+    if hwm:
+        return hwm
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _proc_status(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def tensor_arena_bytes(interpreter, batch: int) -> int:
@@ -86,6 +98,7 @@ class MemoryPlan:
     working: int
     per_class: int
     batch: int
+    block: int
     runtime_measured_on: str
 
     @property
@@ -93,13 +106,20 @@ class MemoryPlan:
         """Everything but the classes."""
         return self.runtime + self.model + self.arena + self.working
 
+    @property
+    def per_class_peak(self) -> int:
+        """A class's bytes at the peak: its row in the store, its share of the store's spare rows (the
+        arrays grow by a quarter), and its column in classify's (batch, classes) float64 arrays."""
+        return int(self.per_class * 1.25) + 8 * CLASSIFY_ARRAYS * self.batch
+
     def predict(self, classes: int) -> int:
         """Peak resident memory with `classes` enrolled classes."""
-        return self.fixed + classes * (self.per_class + 8 * 3 * self.batch)  # + the (batch, classes) distances
+        return self.fixed + self.block * min(classes, CLASS_BLOCK) + classes * self.per_class_peak
 
     def max_classes(self, budget_bytes: int) -> int:
         """How many classes fit in `budget_bytes` (0 when even the model does not)."""
-        return max(0, (budget_bytes - self.fixed) // (self.per_class + 8 * 3 * self.batch))
+        room = budget_bytes - self.fixed - self.block * CLASS_BLOCK
+        return max(0, room // self.per_class_peak)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +148,8 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
     # Raw uint8 images, their float copies while preprocessing, the float input, and the int8 copy.
     working = batch * (RAW_IMAGE_BYTES * (1 + 4 * 2) + input_pixels * (4 + 1) + 8 * manifest.embedding_size)
     return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena, working=working,
-                      per_class=store.bytes_per_class(shots), batch=batch, runtime_measured_on=measured_on)
+                      per_class=store.bytes_per_class(shots), batch=batch, runtime_measured_on=measured_on,
+                      block=2 * 8 * manifest.embedding_size)  # a block's float64 copy and its squares
 
 
 _PROBE = r"""

@@ -31,6 +31,8 @@ MAGIC = b"EMSTORE\x00"
 PROTOTYPE_DTYPES = ("float32", "int8")
 KEEP_SUPPORT = (None, "embeddings", "images")
 LABEL_BYTES = 120  # a short Python str, its list slot and its dict entry (measured: ~110-130 B)
+ROW_OBJECT_BYTES = 64  # the row's (empty) list of kept shots and its slot
+CLASS_BLOCK = 512  # prototypes compared per block in classify (bounds its temporary memory)
 
 
 class StoreError(ValueError):
@@ -121,13 +123,13 @@ class PrototypeStore:
         """Bytes the store holds in memory: arrays, labels and kept support data."""
         support = sum(np.asarray(s).nbytes + 100 for shots in self._support for s in shots)
         arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
-        return arrays + LABEL_BYTES * len(self._labels) + support
+        return arrays + (LABEL_BYTES + ROW_OBJECT_BYTES) * len(self._labels) + support
 
     def bytes_per_class(self, shots: int = 5, image_bytes: int = 105 * 105) -> int:
         """Memory one more class with `shots` shots takes in this store (what the planner multiplies)."""
         per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": image_bytes + 100}[self.keep_support]
         return (np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8 + LABEL_BYTES
-                + shots * per_shot)
+                + ROW_OBJECT_BYTES + shots * per_shot)
 
     # -- changing (each returns what `undo` needs) ----------------------------------------------
     def add(self, label: str, embeddings: np.ndarray, support: list[Any] | None = None) -> int:

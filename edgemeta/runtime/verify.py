@@ -20,17 +20,18 @@ Three layers, cheapest first, each raising `ModelVerificationError` (a `ValueErr
 from __future__ import annotations
 
 import faulthandler
-import hashlib
 import math
 import os
 import select
 import signal
 import struct
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
+
+from edgemeta.atomic import anonymous_file
+from edgemeta.checksum import sha256_hex
 
 if TYPE_CHECKING:
     from edgemeta.bundle import Manifest
@@ -273,7 +274,7 @@ def read_model(model_bytes: bytes, *, sha256: str | None = None) -> ModelInfo:
     main = subgraphs[0]
     tensors = main.tables(0, "subgraphs[0].tensors")
     return ModelInfo(
-        sha256=sha256 or hashlib.sha256(buf.data).hexdigest(),
+        sha256=sha256 or sha256_hex(buf.data),
         size=buf.size,
         version=version,
         subgraphs=len(subgraphs),
@@ -413,7 +414,7 @@ def probe_model(model_bytes: bytes, *, sha256: str | None = None, strict: bool =
     A child killed by a signal or still running after `timeout` s raises ModelVerificationError; so
     does a Python error in the child when `strict` (otherwise the probe is "inconclusive: ...").
     """
-    sha256 = sha256 or hashlib.sha256(model_bytes).hexdigest()
+    sha256 = sha256 or sha256_hex(model_bytes)
     with _probed_lock:
         if sha256 in _probed:
             return "passed (cached)", _probed[sha256]
@@ -474,7 +475,7 @@ def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float)
     ""), "error" for a Python exception, or "crash" for a signal or a hang. The child's `send(line)`
     reaches the parent as it happens: "stage NAME" lines say where the child is (so a crash can say
     in which step), the others are returned in `lines`."""
-    log = tempfile.TemporaryFile()  # the child's stderr: the interpreter's own error lines
+    log = anonymous_file()  # the child's stderr: the interpreter's own error lines
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
