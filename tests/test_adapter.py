@@ -126,3 +126,35 @@ def test_cosine_metric_compares_directions_not_lengths():
     np.testing.assert_allclose(np.linalg.norm(for_metric(np.array([[3.0, 4.0], [0.0, 0.0]]), "cosine")[:1], axis=1), 1.0)
     with pytest.raises(ValueError, match="Unknown metric 'manhattan'"):
         for_metric(support, "manhattan")
+
+
+def test_head_fine_tuned_on_kept_support_classifies_at_least_as_well(digits_run):
+    test = digits_run["test"]
+    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], keep_support="embeddings")
+    with pytest.raises(ValueError, match="keep_support='embeddings'"):
+        FewShotAdapter.from_bundle(digits_run["bundles"]["int8"]).fit_head()
+    for label in test.class_names:
+        adapter.enroll(label, digit_images(digits_run, label, 5))
+    queries = [(label, image) for label in test.class_names for image in digit_images(digits_run, label, 30, start=5)]
+    accuracy = lambda: np.mean([p.label == y for p, (y, _) in zip(adapter.classify([q for _, q in queries]), queries)])  # noqa: E731
+    prototypes = accuracy()
+    history = adapter.fit_head(steps=50)
+    assert history["loss"][-1] < history["loss"][0]
+    assert accuracy() >= prototypes - 0.02, (accuracy(), prototypes)
+    adapter.enroll("extra", digit_images(digits_run, "5", 1, start=90))  # a change drops the head
+    assert adapter._head is None
+
+
+def test_for_device_applies_the_profile(digits_run):
+    code = f"""
+import sys, warnings
+sys.modules["tensorflow"] = None
+from edgemeta.runtime import FewShotAdapter
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    adapter = FewShotAdapter.for_device({str(digits_run['bundles']['int8'])!r}, "coral-usb-pi")
+print(adapter.memory_budget, any("Edge TPU" in str(w.message) for w in caught))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(256 * 2**20), "True"]  # the profile's budget; no libedgetpu here: CPU

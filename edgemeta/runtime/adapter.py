@@ -105,13 +105,28 @@ class FewShotAdapter:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, state: str | os.PathLike | None = None,
-                    num_threads: int | None = None, **options: Any) -> "FewShotAdapter":
-        return cls(Embedder.from_bundle(path, num_threads), state, **options)
+                    num_threads: int | None = None, delegate: str | None = None, verify: bool = True,
+                    **options: Any) -> "FewShotAdapter":
+        """The adapter of a bundle directory; `delegate="edgetpu"` runs the model on a Coral Edge TPU
+        (CPU with a warning when its library is absent); `options` are the constructor's."""
+        return cls(Embedder.from_bundle(path, num_threads, delegate=delegate, verify=verify), state, **options)
 
     @classmethod
     def from_preset(cls, name: str = "omniglot", state: str | os.PathLike | None = None,
                     num_threads: int | None = None, **options: Any) -> "FewShotAdapter":
         return cls.from_bundle(preset_path(name), state, num_threads, **options)
+
+    @classmethod
+    def for_device(cls, bundle: str | os.PathLike, device: str, state: str | os.PathLike | None = None,
+                   **options: Any) -> "FewShotAdapter":
+        """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate and
+        its memory budget (each overridable through `options`)."""
+        from edgemeta.devices import load_profile
+
+        profile = load_profile(device)
+        options.setdefault("memory_budget", profile.budget_bytes)
+        return cls.from_bundle(bundle, state, options.pop("num_threads", profile.threads),
+                               options.pop("delegate", profile.delegate), **options)
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -209,7 +224,7 @@ class FewShotAdapter:
             # In blocks of classes: the float64 copies squared_distances makes stay small at any class count.
             d = np.concatenate([squared_distances(queries, for_metric(protos[i : i + CLASS_BLOCK], self.metric))
                                 for i in range(0, len(protos), CLASS_BLOCK)], axis=1)
-            if self._head is not None and self._head.labels == labels:
+            if self._head is not None and list(self._head.labels) == labels:
                 best, p = self._head.predict(queries)
             else:
                 logits = -d - (-d).max(1, keepdims=True)
