@@ -33,7 +33,7 @@ net, train_set, _ = train(config, Path(args.out) / "run", verbose=2)
 bundle = export_bundle(net.backbone, Path(args.out) / "bundle", train_set.preprocessing, "int8", train_set.images,
                        provenance={"dataset": train_set.name, "learner": "protonet"})
 
-adapter = FewShotAdapter.from_bundle(bundle, state=Path(args.out) / "taught.npz")
+adapter = FewShotAdapter.from_bundle(bundle, state=Path(args.out) / "taught.store")
 held_out = []
 for label, files in list_image_folder(args.new).items():
     adapter.enroll(label, files[: args.shots])

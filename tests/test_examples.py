@@ -43,4 +43,4 @@ def test_own_images_example(tmp_path):
                          "--shots", 3, "--invert", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Learned 5 new classes from 3 images each" in result.stdout
-    assert (tmp_path / "runs" / "example-own-images" / "taught.npz").is_file()
+    assert (tmp_path / "runs" / "example-own-images" / "taught.store").is_file()
