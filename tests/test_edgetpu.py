@@ -149,3 +149,22 @@ def test_make_interpreter_argument_errors(digits_run):
         delegate_available("gpu")
     with pytest.raises(TypeError):
         make_interpreter(path, 2, None)  # model_content and delegate are keyword-only
+
+
+def test_bundle_with_a_compiled_model_runs_the_plain_one_when_the_delegate_is_absent(digits_run, tmp_path):
+    from edgemeta.bundle import update_provenance
+    from edgemeta.runtime import Embedder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_run["bundles"]["int8"], bundle)
+    compiled = b"not loadable without libedgetpu"  # never read when the delegate is missing
+    (bundle / "model_edgetpu.tflite").write_bytes(compiled)
+    _, manifest = read_bundle(bundle)
+    update_provenance(bundle, {**manifest.provenance, "edgetpu": {"file": "model_edgetpu.tflite",
+                                                                  "sha256": hashlib.sha256(compiled).hexdigest()}})
+    assert not delegate_available("edgetpu")
+    images = digits_run["test"].images[:4]
+    with pytest.warns(RuntimeWarning, match="Edge TPU"):
+        on_cpu = Embedder.from_bundle(bundle, delegate="edgetpu")
+    np.testing.assert_array_equal(on_cpu.embed_preprocessed(images),
+                                  Embedder.from_bundle(digits_run["bundles"]["int8"]).embed_preprocessed(images))

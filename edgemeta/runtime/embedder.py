@@ -66,12 +66,21 @@ class Embedder:
         checks of `edgemeta.runtime.verify` (for a bundle already verified, e.g. in a benchmark loop)."""
         directory = Path(path)
         manifest = _read_manifest(directory)
-        model_bytes = (directory / MODEL_FILE).read_bytes()  # the only read: these bytes are checked and loaded
+        name, expected = MODEL_FILE, manifest.model_sha256
+        compiled = manifest.provenance.get("edgetpu") or {}
+        if delegate == "edgetpu" and compiled.get("file") and (directory / compiled["file"]).is_file():
+            from edgemeta.runtime.interpreter import delegate_available
+
+            # The compiled model's Edge TPU op runs only with the delegate; without it the plain model
+            # runs on the CPU (make_interpreter then warns that the delegate is missing).
+            if delegate_available("edgetpu"):
+                name, expected = compiled["file"], compiled["sha256"]
+        model_bytes = (directory / name).read_bytes()  # the only read: these bytes are checked and loaded
         actual = sha256_hex(model_bytes)
-        if actual != manifest.model_sha256:
+        if actual != expected:
             raise ValueError(
-                f"{directory / MODEL_FILE} does not match its manifest (corrupt or replaced copy?). "
-                f"Received sha256 {actual}; manifest says {manifest.model_sha256}."
+                f"{directory / name} does not match its manifest (corrupt or replaced copy?). "
+                f"Received sha256 {actual}; manifest says {expected}."
             )
         return cls(model_bytes, manifest, num_threads, delegate=delegate, verify=verify)
 
