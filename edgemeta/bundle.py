@@ -92,9 +92,22 @@ def read_bundle(directory: str | os.PathLike) -> tuple[Path, Manifest]:
 
     Raises a clear error when the directory, a file, or the model's hash is not what the manifest says.
     """
+    manifest = read_manifest(directory)
+    model_path = Path(directory) / MODEL_FILE
+    actual = sha256_of(model_path)
+    if actual != manifest.model_sha256:
+        raise ValueError(
+            f"{model_path} does not match its manifest (corrupt or replaced copy?). "
+            f"Received sha256 {actual}; manifest says {manifest.model_sha256}."
+        )
+    return model_path, manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """The manifest of a complete bundle directory, with clear errors; the model is not read (the
+    runtime reads it once, to hash, verify and load the same bytes)."""
     directory = Path(directory)
-    manifest_path = directory / MANIFEST_FILE
-    model_path = directory / MODEL_FILE
+    manifest_path, model_path = directory / MANIFEST_FILE, directory / MODEL_FILE
     if not directory.is_dir():
         raise FileNotFoundError(f"Bundle directory not found. Received: {str(directory)!r}")
     for path in (manifest_path, model_path):
@@ -105,16 +118,9 @@ def read_bundle(directory: str | os.PathLike) -> tuple[Path, Manifest]:
             )
     with open(manifest_path) as f:
         try:
-            manifest = Manifest.from_dict(json.load(f), source=str(manifest_path))
-        except (json.JSONDecodeError, KeyError) as e:
+            return Manifest.from_dict(json.load(f), source=str(manifest_path))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"Malformed bundle manifest {str(manifest_path)!r}: {e!r}") from e
-    actual = sha256_of(model_path)
-    if actual != manifest.model_sha256:
-        raise ValueError(
-            f"{model_path} does not match its manifest (corrupt or replaced copy?). "
-            f"Received sha256 {actual}; manifest says {manifest.model_sha256}."
-        )
-    return model_path, manifest
 
 
 def update_provenance(directory: str | os.PathLike, provenance: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.bundle import MANIFEST_FILE, MODEL_FILE, Manifest
+from edgemeta.bundle import MODEL_FILE, Manifest, read_manifest
 from edgemeta.checksum import sha256_hex
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify import ModelInfo, verify_model
@@ -65,7 +64,7 @@ class Embedder:
         """Loads a bundle directory. The hash check always runs; `verify=False` skips only the model
         checks of `edgemeta.runtime.verify` (for a bundle already verified, e.g. in a benchmark loop)."""
         directory = Path(path)
-        manifest = _read_manifest(directory)
+        manifest = read_manifest(directory)
         name, expected = MODEL_FILE, manifest.model_sha256
         compiled = manifest.provenance.get("edgetpu") or {}
         if delegate == "edgetpu" and compiled.get("file") and (directory / compiled["file"]).is_file():
@@ -137,24 +136,6 @@ class Embedder:
             scale, zero_point = out["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
         return y.astype(np.float32).reshape(len(x), -1)[:n]
-
-
-def _read_manifest(directory: Path) -> Manifest:
-    """The manifest half of `edgemeta.bundle.read_bundle`, same errors; the model is read by the caller, once."""
-    manifest_path, model_path = directory / MANIFEST_FILE, directory / MODEL_FILE
-    if not directory.is_dir():
-        raise FileNotFoundError(f"Bundle directory not found. Received: {str(directory)!r}")
-    for path in (manifest_path, model_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Not a complete bundle: {path.name} is missing. Received: {str(directory)!r}, "
-                f"expected {MODEL_FILE} and {MANIFEST_FILE} inside it."
-            )
-    with open(manifest_path) as f:
-        try:
-            return Manifest.from_dict(json.load(f), source=str(manifest_path))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"Malformed bundle manifest {str(manifest_path)!r}: {e!r}") from e
 
 
 def _build_interpreter(model_bytes: bytes, num_threads: int | None, delegate: str | None) -> Any:
