@@ -54,6 +54,7 @@ def test_export_run_stores_the_calibrated_threshold(digits_run, tmp_path):
     # Through the written bundle: recalibrating on it reproduces the stored value exactly.
     assert calibrate_training_set(path, digits_run["train"], 0.05)["threshold"] == open_set["threshold"]
     assert threshold_for(open_set, 4) == pytest.approx(open_set["threshold"], rel=0.15)
+    assert FewShotAdapter.from_bundle(path).unknown_threshold == open_set["threshold"]  # what the board compares with
 
 
 def test_export_run_refuses_a_bad_target_before_writing(digits_run, tmp_path):
