@@ -32,6 +32,7 @@ import numpy as np
 
 from edgemeta.openset import calibrate_open_set, calibrate_training_set, drop_rotated_copies, unknown_rate
 from edgemeta.runtime import Embedder
+from edgemeta.runtime.metric import squared_distances
 from edgemeta.runtime.openset_threshold import threshold_for
 from edgemeta.training import TrainConfig, load_split
 
@@ -109,6 +110,19 @@ def train_fold(directory: Path, fit_groups, val_groups, data_dir: str | None, st
     return export_bundle(net.backbone, directory / "int8", fit.preprocessing, "int8", fit.images)
 
 
+def pair_distances(embedder, dataset) -> dict:
+    """Median squared distance from drawing 2 of each character to drawing 1 of every other character,
+    for pairs within one alphabet and across alphabets (and to its own drawing 1: genuine)."""
+    x = embedder.embed_preprocessed(dataset.images).astype(np.float64)
+    first = [np.flatnonzero(dataset.labels == c)[0] for c in range(dataset.num_classes)]
+    second = [np.flatnonzero(dataset.labels == c)[1] for c in range(dataset.num_classes)]
+    d = squared_distances(x[second], x[first])
+    groups = np.array(dataset.groups)
+    same, other = groups[:, None] == groups[None, :], ~np.eye(len(groups), dtype=bool)
+    return {"genuine": float(np.median(np.diag(d))), "same_alphabet": float(np.median(d[same & other])),
+            "other_alphabet": float(np.median(d[~same]))}
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -129,6 +143,10 @@ def markdown(report: dict) -> str:
     lines += table(report["test_within_rows"])
     lines += ["", "## Training alphabets (seen in training; target 5 %, mixed episodes)", ""]
     lines += table(report["train_rows"])
+    lines += ["", "## Median squared distances between characters (drawing 2 to another character's drawing 1)", "",
+              "| characters | genuine (same character) | same alphabet | other alphabet |", "|---|---|---|---|"]
+    for label, p in report["pair_distances"].items():
+        lines.append(f"| {label} | {p['genuine']:.1f} | {p['same_alphabet']:.1f} | {p['other_alphabet']:.1f} |")
     lines += ["", "## Calibration populations (target 5 %, impostor table)", "",
               "Unknown rate (%) on the held-out alphabets per setting, and on the (upright) training characters at 20-way 1-shot.", "",
               "| population | threshold | " + " | ".join(f"test {n}w{k}s" for n, k in SETTINGS) + " | train 20w1s |",
@@ -194,6 +212,8 @@ def main() -> None:
     # Harder impostors: the enrolled characters' own alphabet (Lake et al.'s within-alphabet episodes).
     report["test_within_rows"] = measure(embedder, test_set, five, WITHIN_SETTINGS, args.episodes, within_group=True)
     report["threshold_for_examples"] = {n: threshold_for(five, n) for n in (1, 2, 5, 10, 20, 50, 100, 500)}
+    report["pair_distances"] = {"training (upright)": pair_distances(embedder, upright),
+                                "held-out": pair_distances(embedder, test_set)}
     report["populations"] = {}
     for label, (dataset, within) in populations(train_set).items():
         open_set = calibrate_open_set(embedder, dataset, 0.05, 20, 1, args.episodes, within_group=within)
