@@ -1,10 +1,11 @@
-"""Open-set rejection: calibrates, through an exported bundle, the nearest-prototype distance beyond which a query is "unknown"."""
+"""Open-set rejection: calibrates, through a bundle, the nearest-prototype distance beyond which a query is "unknown"."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,8 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
 
     def rate(parts: list[np.ndarray]) -> tuple[float, float]:
         per_episode = np.array([p.mean() for p in parts])
-        return float(np.concatenate(parts).mean()), float(1.96 * per_episode.std(ddof=1) / np.sqrt(len(parts))) if len(parts) > 1 else 0.0
+        ci = 1.96 * per_episode.std(ddof=1) / np.sqrt(len(parts)) if len(parts) > 1 else 0.0
+        return float(np.concatenate(parts).mean()), float(ci)
 
     (unknown, unknown_ci), (frr, frr_ci) = rate(rejected), rate(false_reject)
     return {
@@ -194,23 +196,26 @@ class _Episodes:
             raise ValueError(f"Every class needs k_shot + n_query = {k_shot + n_query} images. Received: class "
                              f"{dataset.class_names[worst]!r} has {counts[worst]}.")
         groups = sorted(set(dataset.groups)) if within_group else ["all"]
-        group_of = np.array([groups.index(g) for g in dataset.groups]) if within_group else np.zeros(dataset.num_classes, int)
+        group_of = (np.array([groups.index(g) for g in dataset.groups]) if within_group
+                    else np.zeros(dataset.num_classes, int))
         sizes = np.bincount(group_of, minlength=len(groups))
         # An episode needs at least one class left over to draw impostors from.
         self.eligible = np.flatnonzero(sizes > n_way)
         if len(self.eligible) == 0:
-            where = f"any group (largest: {sizes.max()} classes)" if within_group else f"the dataset ({dataset.num_classes} classes)"
+            where = (f"any group (largest: {sizes.max()} classes)" if within_group
+                     else f"the dataset ({dataset.num_classes} classes)")
             raise ValueError(f"Open-set episodes need more than n_way={n_way} classes in {where}, so that some are "
                              f"never enrolled. Received: {dataset!r}")
-        self.n_way, self.k_shot, self.n_query, self.episodes, self.seed = int(n_way), int(k_shot), int(n_query), int(episodes), seed
+        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
+        self.episodes, self.seed = int(episodes), seed
         self.max_shots = int(counts.min()) - n_query
         self.shots_needed = min(int(shots_needed), self.max_shots)
         self.members = [np.flatnonzero(dataset.labels == c) for c in range(dataset.num_classes)]
         self.classes_of_group = [np.flatnonzero(group_of == g) for g in range(len(groups))]
         used = [groups[g] for g in self.eligible] if within_group else sorted(set(dataset.groups))
         n_classes = int(sizes[self.eligible].sum())
-        self.description = (f"{dataset.name}: {n_classes} classes in {len(used)} group(s) ({', '.join(used)}), "
-                            + ("impostors from the enrolled classes' own group" if within_group else "impostors from any other class"))
+        impostors = "impostors from the enrolled classes' own group" if within_group else "impostors from any other class"
+        self.description = f"{dataset.name}: {n_classes} classes in {len(used)} group(s) ({', '.join(used)}), {impostors}"
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         rng = np.random.default_rng(self.seed)
