@@ -48,7 +48,7 @@ def lake_protocol(make_adapter, test_set, runs: int = 20, way: int = 20, seed: i
         for c in classes:
             adapter.enroll(str(c), test_set.raw[by_class[c][train_drawer]])
         predicted = adapter.classify([test_set.raw[by_class[c][test_drawer]] for c in classes])
-        errors.append(np.mean([p.label != str(c) for p, c in zip(predicted, classes)]))
+        errors.append(np.mean([p.nearest != str(c) for p, c in zip(predicted, classes)]))
     return {"error_rate": float(np.mean(errors)), "runs": runs, "way": way, "alphabets": alphabets}
 
 

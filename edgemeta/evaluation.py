@@ -100,12 +100,14 @@ def evaluate_adapter_on_episodes(make_adapter: Callable[[], Any], raw, episodes,
                                  n_query: int) -> EvalResult:
     """For each episode `(support_idx, support_labels, query_idx, query_labels)` a fresh `FewShotAdapter`
     enrolls the support set's *raw* images (as a board would receive them) and classifies the raw query
-    images. Needs no TensorFlow, so it can run where TensorFlow is absent."""
+    images. Closed-set accuracy: every query belongs to an enrolled class, so the nearest class counts
+    even where the open-set threshold would answer "unknown" (that rate is `edgemeta.openset`'s measure).
+    Needs no TensorFlow, so it can run where TensorFlow is absent."""
     accs = []
     for s_idx, s_lab, q_idx, q_lab in episodes:
         adapter = make_adapter()
         for c in np.unique(s_lab):
             adapter.enroll(str(c), [raw[i] for i in s_idx[s_lab == c]])
-        predicted = [p.label for p in adapter.classify([raw[i] for i in q_idx])]
+        predicted = [p.nearest for p in adapter.classify([raw[i] for i in q_idx])]
         accs.append(float(np.mean(np.array(predicted) == np.asarray(q_lab).astype(str))))
     return EvalResult.from_accuracies(accs, n_way, k_shot, n_query)

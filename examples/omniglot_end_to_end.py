@@ -38,7 +38,7 @@ for c in latin:
     adapter.enroll(test_set.class_names[c], test_set.raw[first])  # raw 105x105 uint8, as a camera would give
 queries = [i for i in range(len(test_set)) if test_set.labels[i] in latin][1::4]
 predictions = adapter.classify([test_set.raw[i] for i in queries])
-correct = sum(p.label == test_set.class_names[test_set.labels[i]] for p, i in zip(predictions, queries))
+correct = sum(p.nearest == test_set.class_names[test_set.labels[i]] for p, i in zip(predictions, queries))
 print(f"Taught {adapter.labels} from one drawing each; {correct}/{len(queries)} new drawings recognised.")
 
 # 4. Held-out accuracy, Keras float vs int8 runtime, on the same episodes.

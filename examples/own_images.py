@@ -39,6 +39,6 @@ for label, files in list_image_folder(args.new).items():
     adapter.enroll(label, files[: args.shots])
     held_out += [(f, label) for f in files[args.shots :]]
 predictions = adapter.classify([f for f, _ in held_out])
-correct = sum(p.label == label for p, (_, label) in zip(predictions, held_out))
+correct = sum(p.nearest == label for p, (_, label) in zip(predictions, held_out))
 print(f"Learned {len(adapter.labels)} new classes from {args.shots} images each: "
       f"{correct}/{len(held_out)} = {100 * correct / len(held_out):.1f} % of the other images right.")

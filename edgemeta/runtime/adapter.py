@@ -221,6 +221,8 @@ class FewShotAdapter:
             if not len(self._store):
                 raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
             labels, protos = self._store.prototypes()
+            if unknown_threshold == "adapter" and self._open_set_table:
+                threshold = self._threshold_for_classes(len(labels))
             # In blocks of classes: the float64 copies squared_distances makes stay small at any class count.
             d = np.concatenate([squared_distances(queries, for_metric(protos[i : i + CLASS_BLOCK], self.metric))
                                 for i in range(0, len(protos), CLASS_BLOCK)], axis=1)
@@ -255,14 +257,27 @@ class FewShotAdapter:
 
     # -- internals ---------------------------------------------------------------------------------
     def _threshold(self, value: float | str | None) -> float | None:
+        self._open_set_table = False
         if value is None:
             return None
         if value == "calibrated":
             open_set = getattr(self.embedder.manifest, "open_set", None) or {}
+            # With the calibration's per-class table the threshold follows the number of classes and
+            # their shots (more classes: more chances for a stranger to land near one).
+            self._open_set_table = bool(open_set.get("impostor_quantiles"))
+            self._threshold_cache: dict[tuple[int, int], float] = {}
             return float(open_set["threshold"]) if "threshold" in open_set else None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0:
             return float(value)
         raise ValueError(f"unknown_threshold must be 'calibrated', a distance >= 0 or None. Received: {value!r}")
+
+    def _threshold_for_classes(self, n_classes: int) -> float:
+        from edgemeta.runtime.openset_threshold import threshold_for
+
+        key = (n_classes, min(self._store.median_count(), 10))  # the typical class's shots
+        if key not in self._threshold_cache:
+            self._threshold_cache[key] = threshold_for(self.embedder.manifest.open_set, n_classes, k_shot=key[1])
+        return self._threshold_cache[key]
 
     def _bytes_for_classes(self, budget: int) -> int:
         """The part of `budget` left for the store: the budget minus what this process already holds

@@ -96,6 +96,10 @@ class PrototypeStore:
     def count(self, label: str) -> int:
         return int(self._counts[self._row(label)])
 
+    def median_count(self) -> int:
+        """The typical class's number of shots (0 when empty)."""
+        return int(np.median(self._counts[: len(self._labels)])) if self._labels else 0
+
     def prototypes(self) -> tuple[list[str], np.ndarray]:
         """`(labels, (n, D) float32 means)` in row order."""
         n = len(self._labels)
