@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Absolute, so that it still holds for processes started in another directory.
 OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
-.PHONY: venv demo demo-omniglot test bench bench-compression preset clean
+.PHONY: venv demo demo-omniglot test bench bench-compression bench-runtime preset clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python benchmarks/learners.py --data-dir $(OMNIGLOT_DIR) --out runs/learners
 	$(BIN)/python benchmarks/maml_memory.py --out runs/learners
 	$(MAKE) bench-compression
+	$(MAKE) bench-runtime
 
 # The compression report (docs/compression.md): every variant of benchmarks/compression.toml on the
 # ProtoNet of the Omniglot split, trained first when runs/omniglot-split is missing (about 2.5 h on 2 cores).
@@ -45,3 +46,13 @@ preset: venv
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The runtime's figures (docs/runtime.md, open-set.md, head-finetuning.md): memory against the plan,
+# 2000 fuzzed models, then head and open-set on the split's int8 bundle (made by bench-compression;
+# the open-set fold models train once, about 45 min each).
+bench-runtime: venv
+	$(BIN)/python benchmarks/runtime_memory.py --classes 1 1000 5000 --out runs/memory
+	$(BIN)/python benchmarks/fuzz_models.py edgemeta/presets/omniglot --cases 2000 --seed 7
+	test -f runs/compression/int8/model.tflite || $(MAKE) bench-compression
+	$(BIN)/python benchmarks/head_finetune.py --bundle runs/compression/int8 --data-dir $(OMNIGLOT_DIR) --out runs/head
+	$(BIN)/python benchmarks/open_set.py --run runs/omniglot-split --bundle runs/compression/int8 --data-dir $(OMNIGLOT_DIR) --out runs/open-set --folds runs/open-set/folds
