@@ -24,6 +24,7 @@ import numpy as np
 from edgemeta.runtime import FewShotAdapter
 from edgemeta.runtime.memory import current_rss_bytes, peak_rss_bytes
 bundle, classes, shots, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+imported = current_rss_bytes()
 adapter = FewShotAdapter.from_bundle(bundle, num_threads=1, max_batch=batch)
 loaded = current_rss_bytes()
 state = 12345  # a tiny LCG, not numpy.random (~5 MB to import) or random: only the adapter is measured
@@ -38,8 +39,20 @@ for c in range(classes):
 queries = np.full((batch, 105, 105), 255, np.uint8)
 for _ in range(10 if classes else 0):
     adapter.classify(queries)
-print(json.dumps({"peak_rss": peak_rss_bytes(), "rss_after_load": loaded, "store_bytes": adapter.store.nbytes(),
-                  "classes": len(adapter.labels)}))
+def largest_mappings(n=6):
+    # What holds the memory, by file (or [heap], anonymous): for diagnosing a surprise, not for the figure.
+    sizes, name = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                name = parts[5] if len(parts) > 5 else "[anonymous]"
+            elif parts[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(parts[1])
+    return sorted(((k, v) for k, v in sizes.items()), key=lambda kv: -kv[1])[:n]
+print(json.dumps({"peak_rss": peak_rss_bytes(), "rss_after_imports": imported, "rss_after_load": loaded,
+                  "store_bytes": adapter.store.nbytes(), "classes": len(adapter.labels), "modules": len(sys.modules),
+                  "largest_mappings_kib": largest_mappings()}))
 """
 
 
