@@ -40,6 +40,7 @@ SUMS_FILE = "SHA256SUMS"
 ENV_SSH_OPTIONS = "EDGEMETA_SSH_OPTIONS"
 HEADER_PROBE_BYTES = 65536  # the store's JSON header (labels included) fits in this for ~3000 classes
 UPLOAD_CHUNK = 1 << 16
+_DATA_MARKER = b"EDGEMETA-DATA-7f3c9e1a"
 
 
 class DeployError(RuntimeError):
@@ -144,15 +145,22 @@ class Board:
     def read(self, relative: str, limit: int | None = None) -> bytes:
         """The bytes of a file under the target's directory (its first `limit` bytes)."""
         path = f"{self.target.path}/{relative}"
-        command = f"head -c {int(limit)} -- {shlex.quote(path)}" if limit else f"cat -- {shlex.quote(path)}"
-        result = subprocess.run(self.ssh.command(self.target, command), capture_output=True, timeout=600)
+        # A marker first: whatever the login shell's startup files print before it is not the file's.
+        reader = f"head -c {int(limit)}" if limit else "cat"
+        script = f'printf "%s\\n" {_DATA_MARKER.decode()} && exec {reader} -- "$1"'
+        command = "sh -c " + shlex.quote(script) + " edgemeta " + shlex.quote(path)
+        result = subprocess.run(self.ssh.command(self.target, command), capture_output=True, timeout=600, check=False)
         if result.returncode != 0:
             raise DeployError(f"Reading {path} failed: {self._failure(result.returncode, result.stderr)}")
-        return result.stdout
+        head, marker, data = result.stdout.partition(_DATA_MARKER + b"\n")
+        if not marker:
+            raise DeployError(f"Reading {path}: the board's output lacks the start marker. Received: {head[:200]!r}")
+        return data
 
     def upload(self, local: Path, remote: str, rate: int | None = None) -> int:
-        """Streams `local` into `remote` (`cat > remote` on the board), at most `rate` bytes/s."""
-        command = "sh -c " + shlex.quote('cat > "$1"') + " edgemeta " + shlex.quote(remote)
+        """Streams `local` into `remote` (`cat > remote` on the board, its directory created), at most
+        `rate` bytes/s."""
+        command = "sh -c " + shlex.quote('mkdir -p -- "$(dirname -- "$1")" && cat > "$1"') + " edgemeta " + shlex.quote(remote)
         proc = subprocess.Popen(self.ssh.command(self.target, command), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sent, start = 0, time.monotonic()
@@ -237,8 +245,8 @@ done
 # the before hook already ran (so a refused switch still restarts what it stopped), else empty.
 _SWITCH = r"""
 set -eu
-root=$1 action=$2 id=$3 old=$4 store_action=$5 store_sha=$6 after=$7 restart=$8 note=$9 sums=${10}
-shift 10
+root=$1 action=$2 id=$3 old=$4 store_action=$5 store_sha=$6 after=$7 restart=$8 note=$9 sums=${10} pending_sha=${11}
+shift 11
 cd -- "$root"
 fail() {
   echo "error=$*"
@@ -277,6 +285,10 @@ if [ "$store_action" != keep ]; then
       cp -p "versions/$id/taught.store.saved" "versions/$id/taught.store.pending"
   fi
   [ -f "versions/$id/taught.store.pending" ] || fail "versions/$id/taught.store.pending is missing; nothing was switched"
+  if [ -n "$pending_sha" ]; then
+    got=$(sha256sum "versions/$id/taught.store.pending" | cut -d ' ' -f 1)
+    [ "$got" = "$pending_sha" ] || fail "sha256 verification failed on the board for the new store ($got); nothing was switched"
+  fi
 fi
 ln -sfn "versions/$id" current.new
 mv -T current.new current
@@ -526,13 +538,9 @@ def deploy(bundle: str | os.PathLike, targets: Sequence[str | Target], *, device
         partial = f"{target.path}/versions/{version}.partial"
         hooks = _Hooks(board, before_switch, after_switch)
         with tempfile.TemporaryDirectory(prefix="edgemeta-deploy-") as tmp, hooks:
-            board.run('set -eu; mkdir -p -- "$1"', partial, timeout=120)
             for name in files:
-                if "/" in name:
-                    board.run('set -eu; mkdir -p -- "$1"', f"{partial}/{name.rsplit('/', 1)[0]}", timeout=120)
                 say(f"uploaded {name} ({board.upload(bundle / name, f'{partial}/{name}', rate):,} bytes)")
-            upload = dict(sums)
-            store_action, store_sha = "keep", ""
+            store_action, store_sha, pending_sha = "keep", "", ""
             note = "no store on the board" if header is None else "store kept: same model"
             if upgrade:
                 # Stop the adapter first (it may save its store as it exits): the store read next is final.
@@ -543,19 +551,19 @@ def deploy(bundle: str | os.PathLike, targets: Sequence[str | Target], *, device
                 new, note = _upgrade_store(old, bundle, drop_classes, say)
                 pending = Path(tmp) / PENDING_STORE
                 new.save(pending)
-                upload[PENDING_STORE] = sha256_file(pending)
+                pending_sha = sha256_file(pending)  # checked by the switch, not listed: it leaves the version
                 say(f"uploaded {PENDING_STORE} ({board.upload(pending, f'{partial}/{PENDING_STORE}', rate):,} bytes)")
                 store_action = "replace"
                 details.update(classes_before=len(old), classes_after=len(new), store="re-embedded")
             elif header is not None:
                 details.update(classes=len(header.get("labels", [])), store="kept (same model)")
             sums_path = Path(tmp) / SUMS_FILE
-            sums_path.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(upload.items())))
+            sums_path.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
             board.upload(sums_path, f"{partial}/{SUMS_FILE}")
             hooks.before()
             prune = _to_prune(state.versions, version, state.current, keep)
             out = hooks.switch(_SWITCH, target.path, "deploy", version, state.current or "", store_action, store_sha,
-                               after_switch, hooks.restart, note, sha256_file(sums_path), *prune)
+                               after_switch, hooks.restart, note, sha256_file(sums_path), pending_sha, *prune)
         say(f"verified {out['verified'][0]} file(s) on the board; current -> versions/{version}")
         warnings = out.get("warning", [])
         if store_action != "keep" and not before_switch:
@@ -720,14 +728,16 @@ def rollback(targets: Sequence[str | Target], *, version: str | None = None, ssh
                     f"(the current store is kept in versions/{state.current}/{SAVED_STORE})")
         hooks = _Hooks(board, before_switch, after_switch)
         with hooks, tempfile.TemporaryDirectory(prefix="edgemeta-rollback-") as tmp:
+            pending_sha = ""
             if empty is not None:
                 empty.save(Path(tmp) / PENDING_STORE)
+                pending_sha = sha256_file(Path(tmp) / PENDING_STORE)
                 board.upload(Path(tmp) / PENDING_STORE, f"{target.path}/versions/{goal}/{PENDING_STORE}")
             hooks.before()
             # Read after the before command: a stopping adapter may save its store as it exits.
             store_sha = (board.run(_STORE_SHA, target.path).get("store_sha256") or [""])[0]
             out = hooks.switch(_SWITCH, target.path, "rollback", goal, state.current, store_action, store_sha,
-                               after_switch, hooks.restart, note, "")
+                               after_switch, hooks.restart, note, "", pending_sha)
         say(f"current -> versions/{goal} (was {state.current}); {note}")
         return HostResult(str(target), True, goal, f"rolled back from {state.current} ({note})",
                           {"previous": state.current, "warnings": out.get("warning", [])})

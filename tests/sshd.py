@@ -91,7 +91,10 @@ def start_sshd(directory: Path, attempts: int = 3) -> SSHServer:
             f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nPidFile {directory / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {authorized}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-            "LogLevel VERBOSE\nMaxStartups 50\nMaxSessions 50\n")
+            "LogLevel VERBOSE\nMaxStartups 50\nMaxSessions 50\n"
+            # bash sources ~/.bashrc for ssh commands unless SHLVL says it is nested: the account's
+            # interactive setup (here pyenv, 0.4 s per command) is not what these tests are about.
+            "SetEnv SHLVL=1\n")
         known_hosts = directory / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.with_suffix('.pub').read_text().split(' edgemeta')[0]}\n")
         client_config = directory / "ssh_config"

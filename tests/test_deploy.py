@@ -138,7 +138,7 @@ def test_corrupted_upload_is_not_switched(server, bundles, tmp_path):
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(dp.DeployError, match="verification failed.*model.tflite: FAILED"):
-        board.run(dp._SWITCH, str(board_dir), "deploy", "X", v1, "keep", "", "", "", "test", sha(sums))
+        board.run(dp._SWITCH, str(board_dir), "deploy", "X", v1, "keep", "", "", "", "test", sha(sums), "")
     assert current(board_dir) == v1 and not (board_dir / "versions" / "X.partial").exists()
     assert not (board_dir / "versions" / "X").exists()
 
@@ -203,11 +203,20 @@ def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_pat
     taught = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store", keep_support="images")
     for label, images in classes.items():
         taught.enroll(label, images)
-    old_bytes = (board / "state" / "taught.store").read_bytes()
+    # The adapter saves its store as it stops (new bytes: the last-use clock moved), so the deploy must
+    # read the store after --before-switch, else its "store changed meanwhile" check would refuse.
+    at_exit = PrototypeStore.load(board / "state" / "taught.store")
+    at_exit.touch(["3a"])
+    at_exit.save(board / "store-saved-at-exit")
+    old_bytes = (board / "store-saved-at-exit").read_bytes()
+    assert old_bytes != (board / "state" / "taught.store").read_bytes()
 
-    result = cli(server, "deploy", bundles["new"], "--to", server.url(board))
+    result = cli(server, "deploy", bundles["new"], "--to", server.url(board),
+                 "--before-switch", f"mv {board}/store-saved-at-exit {board}/state/taught.store",
+                 "--after-switch", f"touch {board}/adapter-started")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "re-enrolled 20 class(es) with the new model" in result.stdout
+    assert (board / "adapter-started").exists()
     v2 = current(board)
     new_sha = read_bundle(bundles["new"])[1].model_sha256
     store = PrototypeStore.load(board / "state" / "taught.store", model_sha256=new_sha)
@@ -233,6 +242,11 @@ def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_pat
     assert board_answers == [p.nearest for p in fresh.classify(queries)]
     # The digits model was meta-trained on 5 digits for 150 steps; the two groups of one digit blend.
     assert np.mean([a[:-1] == t[:-1] for a, t in zip(board_answers, truth)]) > 0.8
+
+    shown = cli(server, "status", "--to", server.url(board), "--verify", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    [row] = json.loads(shown.stdout)
+    assert row["verified"] == 2 and row["store"]["classes"] == 20 and row["store"]["matches_model"]
 
     # The old store is kept with the old version, and rollback brings back the store matching its model.
     assert (board / "versions" / v1 / "taught.store.saved").read_bytes() == old_bytes
