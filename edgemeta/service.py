@@ -44,6 +44,9 @@ BODY_SECONDS = 30.0  # a whole body must arrive within this, or 408
 WORK_WAIT_SECONDS = 60.0  # a request waits this long for the model, or 503
 LINGER_SECONDS = 2.0  # reading what a refused client still sends, so it gets our answer
 SHUTDOWN_GRACE_SECONDS = 20.0  # in-flight requests get this long on SIGTERM (the unit's TimeoutStopSec is 30)
+# Peak memory per decoded pixel while the runtime converts an image (uint8, float32 copies, grey, resize):
+# a 1000x1000 RGB JPEG raised the service's peak RSS by 28.1 MiB (docs/service.md, "Memory").
+PIXEL_BYTES = 30
 ENDPOINTS = "GET /health, GET /labels, POST /enroll, POST /classify, POST /forget, DELETE /labels/<label>"
 JSON_TYPE = "application/json"
 
@@ -79,8 +82,9 @@ class Service:
     refused request changes nothing."""
 
     def __init__(self, adapter: Any, token: str | None = None, limits: Limits = Limits(),
-                 state_path: str | os.PathLike | None = None) -> None:
+                 state_path: str | os.PathLike | None = None, memory_budget: int | None = None) -> None:
         self.adapter = adapter
+        self.memory_budget = memory_budget
         self.token = token.encode() if token else None
         self.limits = limits
         self.state_path = Path(state_path) if state_path is not None else None
@@ -140,7 +144,9 @@ class Service:
                 "state": str(self.state_path) if self.state_path else None,
                 "token_required": self.token is not None,
                 "limits": {"max_request_bytes": self.limits.max_request_bytes, "max_images": self.limits.max_images,
-                           "max_pixels": self.limits.max_pixels}}
+                           "max_pixels": self.limits.max_pixels},
+                "memory": {"budget_bytes": self.memory_budget, "request_reserve_bytes": request_reserve(self.limits),
+                           "adapter_budget_bytes": self.adapter.memory_budget}}
 
     def labels(self) -> dict:
         rows = []
@@ -638,7 +644,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive, metavar="N",
                         help="interpreter threads (default: the profile's, else the runtime's)")
     parser.add_argument("--memory-budget", metavar="SIZE",
-                        help="the process's memory budget, e.g. 96MB (default: the profile's)")
+                        help="the process's memory budget, e.g. 96MB (default: the profile's); one request's "
+                             "reserve is kept out of the adapter's share")
     parser.add_argument("--on-full", choices=["error", "evict"], default="error",
                         help="past the budget: refuse the enrollment (507), or forget the least recently used class")
     parser.add_argument("--keep-support", choices=["embeddings", "images"], default=None,
@@ -678,16 +685,43 @@ def _threshold_option(text: str) -> float | str | None:
         raise ConfigError(f"--unknown-threshold takes 'calibrated', a distance or 'none'. Received: {text!r}") from None
 
 
-def _adapter(args: argparse.Namespace) -> Any:
+def request_reserve(limits: Limits) -> int:
+    """Bytes one request may take beyond the adapter's steady state: its body, the parsed JSON and
+    decoded files (3x the body), and its pixels as the runtime converts them (PIXEL_BYTES each)."""
+    return PIXEL_BYTES * limits.max_pixels + 3 * limits.max_request_bytes
+
+
+def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int | None]:
+    """(the process's budget, the adapter's share): the adapter gets the budget less one request's reserve,
+    so a full store plus the largest request still fits the budget (the unit's MemoryMax)."""
+    from edgemeta.runtime.adapter import parse_bytes
+
+    if args.memory_budget:
+        budget = parse_bytes(args.memory_budget)
+    elif args.device:
+        from edgemeta.devices import load_profile
+
+        budget = load_profile(args.device).budget_bytes
+    else:
+        return None, None
+    reserve = request_reserve(limits)
+    if budget - reserve < 16 * 2**20:  # not even room for the runtime itself
+        raise ConfigError(f"The memory budget of {budget / 2**20:.0f} MB leaves too little once one request's "
+                          f"{reserve / 2**20:.1f} MB are set aside ({PIXEL_BYTES} B x --max-pixels + 3 x "
+                          "--max-request-bytes): lower those limits or raise the budget. "
+                          f"Received: budget {budget} B, --max-pixels {limits.max_pixels}, "
+                          f"--max-request-bytes {limits.max_request_bytes}")
+    return budget, budget - reserve
+
+
+def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
     from edgemeta.presets import preset_path
     from edgemeta.runtime import FewShotAdapter
 
     bundle = args.bundle if args.bundle else preset_path(args.preset)
     options: dict[str, Any] = {"unknown_threshold": _threshold_option(args.unknown_threshold),
                                "on_full": args.on_full, "keep_support": args.keep_support,
-                               "prototype_dtype": args.prototype_dtype}
-    if args.memory_budget:
-        options["memory_budget"] = args.memory_budget
+                               "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget}
     if args.threads:
         options["num_threads"] = args.threads
     if args.device:
@@ -707,8 +741,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
         if args.max_images > 1024:
             raise ConfigError("--max-images is at most 1024 (the runtime's limit per call). "
                               f"Received: {args.max_images}")
-        adapter = _adapter(args)
-        service = Service(adapter, token, Limits(args.max_request_bytes, args.max_images, args.max_pixels), args.state)
+        limits = Limits(args.max_request_bytes, args.max_images, args.max_pixels)
+        budget, adapter_budget = _budget(args, limits)
+        service = Service(_adapter(args, adapter_budget), token, limits, args.state, budget)
     except Exception as e:  # a bad option, bundle, profile or store: say which, start nothing
         print(f"edgemeta device serve: error: {e}", file=sys.stderr)
         return 2
