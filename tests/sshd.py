@@ -81,7 +81,10 @@ def start_sshd(directory: Path, attempts: int = 3) -> SSHServer:
     _keygen(client_key)
     authorized = directory / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
+    try:
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory (root's sshd)
+    except OSError:
+        pass  # not root: sshd then runs unprivileged and needs none
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     last_error = ""
     for _ in range(attempts):

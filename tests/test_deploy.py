@@ -166,7 +166,7 @@ def test_transfer_cut_midway_leaves_previous_version(server, bundles, tmp_path):
                 break
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group of the process started above: it and its ssh
         proc.wait(timeout=30)
     assert partial_file is not None, proc.stdout.read().decode()
     time.sleep(0.3)  # the board's `cat` sees the end of its input
