@@ -1,6 +1,7 @@
-"""The `edgemeta` command: train, evaluate, export, compress, adapt, device, preset, demo.
+"""The `edgemeta` command: train, evaluate, export, compress, adapt, device, deploy, rollback, status, preset, demo.
 
-`adapt` and `device` need only the runtime (no TensorFlow); the other commands import it lazily.
+`adapt`, `device`, `deploy`, `rollback` and `status` need only the runtime (no TensorFlow); the other
+commands import it lazily.
 """
 
 from __future__ import annotations
@@ -121,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-support", choices=["embeddings", "images"], default=None)
     q.add_argument("--budget", help="override the profile's memory budget, e.g. 48MB")
     q.add_argument("--json", action="store_true", help="print the plan as JSON")
+    from edgemeta.service import add_serve_arguments
+
+    add_serve_arguments(device.add_parser("serve", help="the on-board HTTP/JSON service (health, labels, enroll, "
+                                                          "classify, forget); see docs/service.md"))
+
+    from edgemeta import deploy as deploy_module
+
+    for command, text in (("deploy", "push a bundle to boards over SSH: verified, switched atomically, rollback-able"),
+                          ("rollback", "switch boards back to their previous version"),
+                          ("status", "what runs where: each board's current version, versions kept, store")):
+        deploy_module.add_arguments(sub.add_parser(command, help=text), command)
 
     p = sub.add_parser("demo", help="the whole path on a dataset, with a Keras vs int8-runtime table")
     p.add_argument("--dataset", choices=["digits", "omniglot"], default="digits")
@@ -312,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "adapt":
             _adapt(args)
         elif args.command == "device":
+            if args.device_command == "serve":
+                from edgemeta.service import serve_from_args
+
+                return serve_from_args(args)
             return _device(args)
+        elif args.command in ("deploy", "rollback", "status"):
+            from edgemeta.deploy import run_from_args
+
+            return run_from_args(args)
         elif args.command == "demo":
             from edgemeta.pipeline import run_demo
 

@@ -94,3 +94,10 @@ def test_learner_errors_are_clear(tmp_path):
     assert result.returncode == 2 and "has no option(s) ['inner_step']" in result.stderr
     result = cli_in_process("train", "--learner", "maml", "--option", "inner_steps", "--out", tmp_path / "r")
     assert result.returncode == 2 and "--option takes KEY=VALUE. Received: 'inner_steps'" in result.stderr
+
+
+def test_deploy_and_serve_are_wired_into_the_command():
+    bad = cli_in_process("deploy", "bundle", "--to", "notaurl")
+    assert bad.returncode == 2 and "Received: 'notaurl'" in bad.stderr
+    exposed = cli_in_process("device", "serve", "--preset", "omniglot", "--host", "0.0.0.0", "--port", "0")
+    assert exposed.returncode == 2 and "give it a token" in exposed.stderr
