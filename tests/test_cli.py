@@ -96,8 +96,8 @@ def test_learner_errors_are_clear(tmp_path):
     assert result.returncode == 2 and "--option takes KEY=VALUE. Received: 'inner_steps'" in result.stderr
 
 
-def test_deploy_and_serve_are_wired_into_the_command():
-    bad = cli_in_process("deploy", "bundle", "--to", "notaurl")
+def test_deploy_and_serve_are_wired_into_the_command(digits_run):
+    bad = cli_in_process("deploy", digits_run["bundles"]["int8"], "--to", "notaurl")
     assert bad.returncode == 2 and "Received: 'notaurl'" in bad.stderr
     exposed = cli_in_process("device", "serve", "--preset", "omniglot", "--host", "0.0.0.0", "--port", "0")
     assert exposed.returncode == 2 and "give it a token" in exposed.stderr
