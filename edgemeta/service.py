@@ -213,7 +213,7 @@ class Service:
     def decode_images(self, value: Any) -> list:
         """Base64 PNG/JPEG files -> pixel arrays, as the runtime reads an image file. Every image's size is
         read from its header and the request's total checked before any pixel is decoded."""
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         if not isinstance(value, list) or not value:
             raise HTTPError(400, "images must be a non-empty list of base64-encoded PNG or JPEG files. "
@@ -229,7 +229,8 @@ class Service:
             except Image.DecompressionBombError as e:
                 raise HTTPError(413, f"images[{i}] is too large ({e}). Received: {len(data)} bytes") from e
             except (OSError, ValueError, SyntaxError) as e:  # not a PNG/JPEG, or a broken header
-                raise HTTPError(400, f"images[{i}] is not a PNG or JPEG file ({e}). "
+                why = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"  # its text is only a BytesIO repr
+                raise HTTPError(400, f"images[{i}] is not a PNG or JPEG file{why}. "
                                      f"Received: {len(data)} bytes starting {data[:8]!r}") from e
         pixels = sum(im.size[0] * im.size[1] for im in opened)
         if pixels > self.limits.max_pixels:

@@ -1,5 +1,5 @@
 """`edgemeta device serve` as a real process (TensorFlow blocked) driven by a real HTTP client:
-round trip, token, size limits, concurrent clients, SIGTERM, bad input."""
+round trip, token, size limits, concurrent clients, SIGTERM, bad input, connection limit, Host check."""
 
 from __future__ import annotations
 
@@ -346,4 +346,27 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(serve, digits_run, tmp
 
     assert s.labels() == {"1": 2}
     assert state.read_bytes() == before
+    assert s.stop() == 0
+
+
+def test_connection_limit_and_host_check(serve):
+    s = serve("--max-connections", "1")
+    held = socket.create_connection((s.host, s.port), timeout=30)  # a client that sends nothing holds the one slot
+    time.sleep(0.3)
+    conn = http.client.HTTPConnection(s.host, s.port, timeout=30)
+    conn.request("GET", "/labels")
+    response = conn.getresponse()
+    out = json.loads(response.read())
+    conn.close()
+    assert (response.status, response.getheader("Retry-After")) == (503, "1") and "at most 1" in out["error"], out
+    held.close()
+    deadline = time.monotonic() + 10
+    while (status := s.call("GET", "/labels")[0]) == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200
+
+    # Without a token, a Host naming another machine is a browser led here by DNS rebinding.
+    status, out = s.call("GET", "/labels", headers={"Host": f"evil.example:{s.port}"})
+    assert status == 403 and "evil.example" in out["error"], out
+    assert s.call("GET", "/labels", headers={"Host": f"localhost:{s.port}"})[0] == 200
     assert s.stop() == 0
