@@ -112,8 +112,8 @@ if [ "$service" -eq 1 ]; then
     run mkdir -p /etc/edgemeta /var/lib/edgemeta
     run chown edgemeta: /var/lib/edgemeta
     if [ ! -e /etc/edgemeta/adapter.env ]; then
-        # Written once; edit it to point at your bundle.
-        env_file=$(printf 'EDGEMETA_DEVICE=%s\nEDGEMETA_BUNDLE=/var/lib/edgemeta/bundle\nEDGEMETA_STATE=/var/lib/edgemeta/state.npz\n' "$device")
+        # Written once. The paths are the layout `edgemeta deploy --to ssh://.../var/lib/edgemeta` manages.
+        env_file=$(printf 'EDGEMETA_DEVICE=%s\nEDGEMETA_BUNDLE=/var/lib/edgemeta/current\nEDGEMETA_STATE=/var/lib/edgemeta/state/taught.store\n' "$device")
         echo "+ write /etc/edgemeta/adapter.env"
         if [ "$dry_run" -eq 0 ]; then printf '%s\n' "$env_file" >/etc/edgemeta/adapter.env; fi
     fi
@@ -123,7 +123,8 @@ if [ "$service" -eq 1 ]; then
             "$here/edgemeta-adapter.service" >/etc/systemd/system/edgemeta-adapter.service
     fi
     run systemctl daemon-reload
-    echo "The unit is installed but not enabled: it runs \`edgemeta device serve\`, which is not in this edgemeta yet."
-    echo "Once \`$venv/bin/edgemeta device serve --help\` works: sudo systemctl enable --now edgemeta-adapter"
+    echo "The unit is installed but not enabled (it needs a bundle first): from the workstation run"
+    echo "  edgemeta deploy BUNDLE --to ssh://USER@THIS-BOARD/var/lib/edgemeta --device $device"
+    echo "then here: sudo systemctl enable --now edgemeta-adapter"
 fi
 echo "done: $venv ($device)"
