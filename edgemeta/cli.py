@@ -19,7 +19,8 @@ def _add_task_args(p: argparse.ArgumentParser, way: int | None = 5, shot: int | 
     p.add_argument("--query", type=int, default=query, help="query images per class")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    argv = list(argv or [])
     parser = argparse.ArgumentParser(prog="edgemeta", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -122,17 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-support", choices=["embeddings", "images"], default=None)
     q.add_argument("--budget", help="override the profile's memory budget, e.g. 48MB")
     q.add_argument("--json", action="store_true", help="print the plan as JSON")
-    from edgemeta.service import add_serve_arguments
+    # The service's and deploy's options are added only when their command runs: importing those modules
+    # costs the board's other commands memory and start-up time for nothing.
+    serve = device.add_parser("serve", help="the on-board HTTP/JSON service (health, labels, enroll, classify, "
+                                            "forget); see docs/service.md")
+    if argv[:2] == ["device", "serve"]:
+        from edgemeta.service import add_serve_arguments
 
-    add_serve_arguments(device.add_parser("serve", help="the on-board HTTP/JSON service (health, labels, enroll, "
-                                                          "classify, forget); see docs/service.md"))
-
-    from edgemeta import deploy as deploy_module
-
+        add_serve_arguments(serve)
     for command, text in (("deploy", "push a bundle to boards over SSH: verified, switched atomically, rollback-able"),
                           ("rollback", "switch boards back to their previous version"),
                           ("status", "what runs where: each board's current version, versions kept, store")):
-        deploy_module.add_arguments(sub.add_parser(command, help=text), command)
+        p = sub.add_parser(command, help=text)
+        if argv[:1] == [command]:
+            from edgemeta.deploy import add_arguments
+
+            add_arguments(p, command)
 
     p = sub.add_parser("demo", help="the whole path on a dataset, with a Keras vs int8-runtime table")
     p.add_argument("--dataset", choices=["digits", "omniglot"], default="digits")
@@ -294,7 +300,7 @@ def _adapt(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     args.argv = argv
     try:
         if args.command == "train":
