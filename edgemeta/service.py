@@ -786,8 +786,8 @@ def run(server: Any, service: Service) -> int:
     finally:
         server.socket.close()  # refuse new connections while the last requests finish
         running = server.wait_idle(SHUTDOWN_GRACE_SECONDS)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    # The handlers stay ours until the store is saved: a second SIGTERM (systemd, an impatient user)
+    # must not kill the process between the last request and the save.
     if running:
         _log(f"{running} request(s) still running after {SHUTDOWN_GRACE_SECONDS:.0f} s; stopping without them")
     code = 0
@@ -798,6 +798,8 @@ def run(server: Any, service: Service) -> int:
     except Exception as e:
         _log(f"could not save the store to {service.state_path}: {e}")
         code = 1
+    for s, handler in previous.items():
+        signal.signal(s, handler)
     _log("stopped")
     return code
 
