@@ -14,7 +14,7 @@ import numpy as np
 
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
-from edgemeta.runtime.metric import for_metric, squared_distances
+from edgemeta.runtime.metric import for_metric, squared_distances, squared_norms
 from edgemeta.runtime.store import CLASS_BLOCK, PrototypeStore, StoreError
 
 ON_FULL = ("error", "evict")
@@ -86,6 +86,7 @@ class FewShotAdapter:
         self.on_full = on_full
         self._lock = threading.RLock()
         self._head = None
+        self._cache: tuple | None = None  # see _prototype_cache
         self.state_path = Path(state) if state is not None else None
         sha = embedder.manifest.model_sha256
         if self.state_path is not None and self.state_path.exists():
@@ -220,24 +221,43 @@ class FewShotAdapter:
         with self._lock:
             if not len(self._store):
                 raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
-            labels, protos = self._store.prototypes()
+            labels, norms = self._prototype_cache()
             if unknown_threshold == "adapter" and self._open_set_table:
                 threshold = self._threshold_for_classes(len(labels))
+            x = np.asarray(queries, np.float64)
+            x_norms = squared_norms(x)
             # In blocks of classes: the float64 copies squared_distances makes stay small at any class count.
-            d = np.concatenate([squared_distances(queries, for_metric(protos[i : i + CLASS_BLOCK], self.metric))
-                                for i in range(0, len(protos), CLASS_BLOCK)], axis=1)
+            blocks = [squared_distances(x, for_metric(self._store.prototype_block(i, i + CLASS_BLOCK), self.metric),
+                                        x_norms, norms[k])
+                      for k, i in enumerate(range(0, len(labels), CLASS_BLOCK))]
+            d = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+            rows = np.arange(len(d))
             if self._head is not None and list(self._head.labels) == labels:
                 best, p = self._head.predict(queries)
+                scores = p[rows, best]
             else:
-                logits = -d - (-d).max(1, keepdims=True)
-                p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+                # The softmax over negative distances, read at the nearest class only (the same values
+                # as the whole matrix's: one exp per distance, one sum per query).
                 best = d.argmin(1)
-            self._store.touch([labels[j] for j in set(best.tolist())])
-        out = []
-        for i, j in enumerate(best):
-            known = threshold is None or d[i, j] <= threshold
-            out.append(Prediction(labels[j] if known else None, float(d[i, j]), float(p[i, j]), labels[j]))
-        return out
+                e = np.exp(d[rows, best][:, None] - d)
+                scores = e[rows, best] / e.sum(1)
+            self._store.touch_rows(set(best.tolist()))
+        nearest = d[rows, best].tolist()
+        return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
+                for j, dist, score in zip(best.tolist(), nearest, scores.tolist())]
+
+    def _prototype_cache(self) -> tuple[list[str], list[np.ndarray]]:
+        """The store's labels and, per block of classes, the squared norms of its (metric-mapped)
+        prototypes: kept until the store changes, so classify computes them once, not per call.
+        Costs 8 bytes per class (the prototypes themselves are not copied). Call with the lock held."""
+        store = self._store
+        cached = self._cache
+        if cached is None or cached[0] is not store or cached[1] != store.version:
+            n = len(store)
+            norms = [squared_norms(for_metric(store.prototype_block(i, i + CLASS_BLOCK), self.metric))
+                     for i in range(0, n, CLASS_BLOCK)]
+            cached = self._cache = (store, store.version, store.labels, norms)
+        return cached[2], cached[3]
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

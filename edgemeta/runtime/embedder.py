@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -57,6 +58,13 @@ class Embedder:
         self._static_batch = int(self._input["shape"][0]) if len(signature) and signature[0] != -1 else None
         self._batch = None
         self._lock = threading.Lock()
+        # Looked up once, not per call: the per-image cost of a small int8 model is a few ufunc calls.
+        self._input_shape = tuple(self.preprocessing.input_shape)
+        self._in_index, self._out_index = self._input["index"], self._output["index"]
+        self._in_dtype = np.dtype(self._input["dtype"])
+        self._in_quant = tuple(self._input["quantization"]) if self._in_dtype == np.int8 else None
+        self._out_quant = tuple(self._output["quantization"]) if self._output["dtype"] == np.int8 else None
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # float32 and int8 input of the batch size
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, num_threads: int | None = None, delegate: str | None = None,
@@ -93,22 +101,28 @@ class Embedder:
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""
-        expected = self.preprocessing.input_shape
+        expected = self._input_shape
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Expected a numpy array of shape (n, *{expected}). Received: {type(x).__name__}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"Expected preprocessed images of shape (n, *{expected}). Received: {x.shape}")
         if len(x) == 0:
             raise ValueError(f"Expected at least one preprocessed image. Received: shape {x.shape}")
-        if x.dtype.kind not in "fiub":
+        kind = x.dtype.kind
+        if kind not in "fiub":
             raise TypeError(f"Expected float32 pixels in [0, 1]. Received: dtype {x.dtype}")
-        if x.dtype.kind == "f":
+        # A sum is finite when every value is (NaN and Inf propagate), and a float64 sum of float32
+        # values cannot overflow; only a float64 input so huge that it does needs the exact count.
+        if kind == "f" and not math.isfinite(x.sum(dtype=np.float64)):
             bad = int(x.size - np.count_nonzero(np.isfinite(x)))
             if bad:
                 raise ValueError(f"images contain NaN or Inf (pixels must be finite, in [0, 1]). "
                                  f"Received: {bad} non-finite values")
         step = self._static_batch or self.max_batch
-        y = np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
+        if len(x) <= step:
+            y = self._invoke(x)
+        else:
+            y = np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
         if y.shape[1] != self.embedding_size:  # a model loaded with verify=False can still disagree
             raise RuntimeError(f"model.tflite computes {y.shape[1]} values per image, not the manifest's "
                                f"embedding_size={self.embedding_size}. Received: output shape {y.shape}")
@@ -118,24 +132,46 @@ class Embedder:
         n = len(x)
         if self._static_batch and n < self._static_batch:  # pad the last chunk; its extra rows are dropped
             x = np.concatenate([x, np.zeros((self._static_batch - n, *x.shape[1:]), x.dtype)])
+        batch = len(x)
         # One interpreter, one set of tensors: resize, set, invoke and read must not interleave.
         with self._lock:
-            interp, inp, out = self._interpreter, self._input, self._output
-            if self._batch != len(x):
+            interp = self._interpreter
+            if self._batch != batch:
                 if not self._static_batch:
-                    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+                    interp.resize_tensor_input(self._in_index, [batch, *x.shape[1:]])
                 interp.allocate_tensors()
-                self._batch = len(x)
-            if inp["dtype"] == np.int8:
-                scale, zero_point = inp["quantization"]
-                x = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
-            interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+                self._batch, self._scratch = batch, None
+            if self._in_quant is not None:
+                interp.set_tensor(self._in_index, self._quantize(x))
+            else:
+                interp.set_tensor(self._in_index, x.astype(self._in_dtype, copy=False))
             interp.invoke()
-            y = interp.get_tensor(out["index"])
-        if out["dtype"] == np.int8:
-            scale, zero_point = out["quantization"]
-            y = (y.astype(np.float32) - zero_point) * scale
-        return y.astype(np.float32).reshape(len(x), -1)[:n]
+            y = interp.get_tensor(self._out_index)  # a copy: the next invoke cannot change it
+        if self._out_quant is not None:
+            scale, zero_point = self._out_quant
+            y = np.subtract(y, zero_point, dtype=np.float32)  # (float32(y) - zero_point) * scale
+            y *= scale
+        elif y.dtype != np.float32:
+            y = y.astype(np.float32)
+        return y.reshape(batch, -1)[:n]
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        """`clip(round(x / scale + zero_point), -128, 127)` as int8 (the input tensor's quantization).
+        float32 input (what preprocessing gives) goes through buffers kept for the batch size; other
+        dtypes take the plain expression, whose intermediate dtypes differ."""
+        scale, zero_point = self._in_quant
+        if x.dtype != np.float32:
+            return np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+        if self._scratch is None or self._scratch[0].shape != x.shape:
+            self._scratch = (np.empty(x.shape, np.float32), np.empty(x.shape, np.int8))
+        buffer, out = self._scratch
+        np.divide(x, scale, out=buffer)
+        np.add(buffer, zero_point, out=buffer)
+        np.rint(buffer, out=buffer)  # np.round to 0 decimals is rint: halves to even
+        # np.clip's two ufuncs without its Python wrapper, the second writing the int8 values.
+        np.maximum(buffer, -128, out=buffer)
+        np.minimum(buffer, 127, out=out, casting="unsafe")
+        return out
 
 
 def _build_interpreter(model_bytes: bytes, num_threads: int | None, delegate: str | None) -> Any:

@@ -80,6 +80,8 @@ class PrototypeStore:
         self._last_used = np.zeros(0, np.int64)
         self._support: list[list[Any]] = []  # per row: embeddings (D,) float32 or raw uint8 images
         self._clock = 0
+        self._version = 0  # bumped by every change of the rows: readers cache what they derive from them
+        self._median: tuple[int, int] | None = None  # (version, median_count) of that version
 
     # -- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -96,16 +98,28 @@ class PrototypeStore:
     def count(self, label: str) -> int:
         return int(self._counts[self._row(label)])
 
+    @property
+    def version(self) -> int:
+        """Changes whenever a row is added, changed or removed (not when one is only used)."""
+        return self._version
+
     def median_count(self) -> int:
         """The typical class's number of shots (0 when empty)."""
-        return int(np.median(self._counts[: len(self._labels)])) if self._labels else 0
+        if self._median is None or self._median[0] != self._version:  # classify asks on every call
+            self._median = (self._version, int(np.median(self._counts[: len(self._labels)])) if self._labels else 0)
+        return self._median[1]
 
     def prototypes(self) -> tuple[list[str], np.ndarray]:
         """`(labels, (n, D) float32 means)` in row order."""
-        n = len(self._labels)
+        return list(self._labels), self.prototype_block(0, len(self._labels))
+
+    def prototype_block(self, start: int, stop: int) -> np.ndarray:
+        """The float32 means of rows `start:stop` (a view for a float32 store; int8 rows dequantized),
+        the same values as those rows of `prototypes()`, without the whole matrix."""
+        stop = min(stop, len(self._labels))
         if self.prototype_dtype == "int8":
-            return list(self._labels), self._means[:n].astype(np.float32) * self._scales[:n, None]
-        return list(self._labels), self._means[:n]
+            return self._means[start:stop].astype(np.float32) * self._scales[start:stop, None]
+        return self._means[start:stop]
 
     def support(self, label: str) -> list[Any]:
         """The kept shots of `label` (embeddings or images, per `keep_support`)."""
@@ -122,6 +136,14 @@ class PrototypeStore:
         for label in labels:
             if label in self._index:
                 self._last_used[self._index[label]] = self._clock
+
+    def touch_rows(self, rows: Any) -> None:
+        """`touch` by row numbers (the order of `prototypes()`), as classify finds them."""
+        self._clock += 1
+        n = len(self._labels)
+        for i in rows:
+            if 0 <= i < n:
+                self._last_used[i] = self._clock
 
     def nbytes(self) -> int:
         """Bytes the store holds in memory: arrays, labels and kept support data."""
@@ -152,6 +174,7 @@ class PrototypeStore:
             i = self._append_row(label)
             self._set(i, embeddings.mean(0))
             self._counts[i] = len(embeddings)
+        self._version += 1
         if self.keep_support == "embeddings":
             self._support[i].extend(np.asarray(e, np.float32) for e in embeddings)
         elif self.keep_support == "images" and support is not None:
@@ -170,6 +193,7 @@ class PrototypeStore:
             self._index[moved] = i
         self._labels.pop(), self._support.pop()
         del self._index[label]  # the row past the end is spare capacity now
+        self._version += 1
 
     def snapshot(self, label: str) -> _Row | None:
         """`label`'s row as it is now (None when absent), for `restore`."""
@@ -188,6 +212,7 @@ class PrototypeStore:
         i = self._append_row(label)
         self._means[i], self._scales[i], self._counts[i], self._last_used[i] = row.mean, row.scale, row.count, row.last_used
         self._support[i] = row.support
+        self._version += 1
 
     # -- persistence ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -279,6 +304,7 @@ class PrototypeStore:
         for label, total, count in zip(header["labels"], sums, header["counts"]):
             store.add(label, np.asarray(total, np.float64)[None] / count)
             store._counts[store._index[label]] = count
+        store._version += 1  # the counts changed after the adds
         return store
 
     # -- internals -----------------------------------------------------------------------------
