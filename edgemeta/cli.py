@@ -51,6 +51,18 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="invert images (dark ink on light background -> ink high); default: the dataset's")
     p.add_argument("--tensorboard", help="write TensorBoard logs to this directory")
     p.add_argument("--checkpoints", action="store_true", help="save weights after every epoch in RUN_DIR/checkpoints")
+    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi-worker"], default="auto",
+                   help="tf.distribute strategy: mirrored (this machine's GPUs), multi-worker (cluster from TF_CONFIG), "
+                        "default (one device); auto picks multi-worker when TF_CONFIG is set, mirrored with several GPUs")
+    p.add_argument("--cpu-replicas", type=int, help="mirrored without GPUs: split the CPU into N logical devices (for trying it out)")
+    p.add_argument("--episodes-per-batch", type=int, help="global batch of episodes per step, split across replicas")
+    p.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
+                   help="compute in float16 (with loss scaling; GPUs) or bfloat16 (TPUs, recent CPUs); weights stay float32")
+    p.add_argument("--jit-compile", action="store_true", default=None, help="compile training steps with XLA (measure first: "
+                   "benchmarks/jit_compile.py; slower for Conv-4 on CPU)")
+    p.add_argument("--backup-dir", help="training-state backup, for resuming after a crash or a worker restart "
+                   "(default: RUN_DIR/backup; removed when training completes)")
+    p.add_argument("--no-backup", action="store_true", help="do not back up training state")
 
     p = sub.add_parser("evaluate", help="accuracy ± 95%% CI of a run (Keras) or a bundle (runtime) on held-out classes")
     p.add_argument("path", help="run directory or bundle directory")
@@ -163,6 +175,10 @@ def _learner_options(pairs: list[str]) -> dict:
 
 
 def _train(args) -> None:
+    from edgemeta.distribute import make_strategy
+
+    # First: splitting the CPU into logical devices must precede TensorFlow's first use of a device.
+    strategy = make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
     from edgemeta.pipeline import LEARNER_SETTINGS, recipe_for
     from edgemeta.training import TrainConfig, train
 
@@ -176,7 +192,9 @@ def _train(args) -> None:
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
                "max_shift": args.max_shift, "max_rotation": args.max_rotation, "max_scale": args.max_scale,
-               "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed, "image_size": args.image_size, "invert": args.invert}
+               "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed, "image_size": args.image_size, "invert": args.invert,
+               "episodes_per_batch": args.episodes_per_batch, "mixed_precision": args.mixed_precision,
+               "jit_compile": args.jit_compile}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
     callbacks = []
     if args.tensorboard or args.checkpoints:
@@ -187,8 +205,17 @@ def _train(args) -> None:
         if args.checkpoints:
             callbacks.append(keras.callbacks.ModelCheckpoint(
                 str(Path(args.out) / "checkpoints" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True))
-    _, train_set, _ = train(config, args.out, callbacks)
-    print(f"Trained on {train_set}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
+    backup = None if args.no_backup else (args.backup_dir or str(Path(args.out) / "backup"))
+    with strategy.scope():
+        _, train_set, _ = train(config, args.out, callbacks, backup_dir=backup)
+    from edgemeta.distribute import describe
+
+    cluster = describe(strategy)
+    where = f" on {cluster.replicas} replicas ({cluster.strategy}, {cluster.workers} worker(s))" if cluster.replicas > 1 or cluster.workers > 1 else ""
+    if cluster.is_chief:
+        print(f"Trained on {train_set}{where}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
+    else:
+        print(f"Worker {cluster.worker_index} done{where}; the chief saved the run.")
 
 
 def _compress(args) -> None:

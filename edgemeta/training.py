@@ -52,12 +52,16 @@ class TrainConfig:
     deterministic: bool = False
     image_size: int = 28  # model input is image_size x image_size
     invert: bool | None = None  # None: the dataset's default (Omniglot: True, digits/folders: False)
+    mixed_precision: str | None = None  # None (float32) | "float16" (with loss scaling) | "bfloat16"
+    jit_compile: bool = False  # XLA; measured slower for Conv-4 on CPU (benchmarks/jit_compile.py): opt in on GPUs
 
     def __post_init__(self) -> None:
         if self.dataset not in ("digits", "omniglot", "folder"):
             raise ValueError(f"dataset must be 'digits', 'omniglot' or 'folder'. Received: {self.dataset!r}")
         if self.steps < 1 or self.epochs < 1:
             raise ValueError(f"steps and epochs must be positive. Received: steps={self.steps}, epochs={self.epochs}")
+        if self.mixed_precision not in (None, "float16", "bfloat16"):
+            raise ValueError(f"mixed_precision must be None, 'float16' or 'bfloat16'. Received: {self.mixed_precision!r}")
 
 
 def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDataset | None]:
@@ -88,19 +92,22 @@ def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDatase
 
 
 def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (), verbose: int | str = "auto",
-          train_set: ImageClassDataset | None = None):
+          train_set: ImageClassDataset | None = None, backup_dir: str | Path | None = None):
     """Meta-trains `config.learner` per `config`; writes `out_dir/embedding.keras` (the backbone, what is
     exported), `out_dir/learner.weights.h5` (everything the learner's own adaptation needs) and
     `out_dir/run.json`.
 
     Returns `(learner, train_set, test_set)`. Training runs inside the current `tf.distribute`
-    strategy scope, whatever it is.
+    strategy scope, whatever it is (`edgemeta.distribute.make_strategy`); under a multi-worker
+    strategy every worker calls `train` and only the chief writes `out_dir`. With `backup_dir`,
+    training state is backed up after every epoch and a restarted run resumes from it (see
+    `fit_episodes`).
     """
     from edgemeta.backend import keras, tf
+    from edgemeta.distribute import describe
     from edgemeta.learners import BACKBONES, build_learner
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -110,15 +117,40 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     if config.backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
     strategy = tf.distribute.get_strategy()
+    cluster = describe(strategy)
+    check_global_batch(config.episodes_per_batch, strategy.num_replicas_in_sync)
+    policy = keras.mixed_precision.global_policy()
     with strategy.scope():
-        net = build_learner(config.learner, BACKBONES[config.backbone](train_set.preprocessing.input_shape),
-                            **config.learner_options)
+        try:
+            # Mixed precision is the backbone's (where the compute is); the learner's own parts, distances and
+            # losses stay float32, and so does every weight.
+            if config.mixed_precision:
+                keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+            # Several replicas each see part of a step's episodes: BatchNorm then normalises with the statistics of
+            # all of them (synchronised), as one device would, so the result does not depend on the replica count.
+            backbone = BACKBONES[config.backbone](train_set.preprocessing.input_shape,
+                                                  synchronized_bn=strategy.num_replicas_in_sync > 1)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        net = build_learner(config.learner, backbone, **config.learner_options)
     start = time.time()
-    history = fit_episodes(net, train_set, config, callbacks, verbose)
+    history = fit_episodes(net, train_set, config, callbacks, verbose, backup_dir=backup_dir)
     net.finish_training(train_set.images)
     train_seconds = time.time() - start
-    net.backbone.save(out_dir / EMBEDDING_FILE)
-    net.save_weights(out_dir / LEARNER_WEIGHTS_FILE)
+    if config.mixed_precision or strategy.num_replicas_in_sync > 1:
+        # What is exported is a plain float32 model with ordinary BatchNorm: the same weights, no training-time machinery.
+        net.backbone = plain_backbone(net.backbone)
+    # Under a multi-worker strategy saving reads synchronised variables (a collective every worker joins), so every
+    # worker saves; the others into a scratch directory that is then removed.
+    target = out_dir if cluster.is_chief else out_dir.parent / f".{out_dir.name}.worker{cluster.worker_index}"
+    target.mkdir(parents=True, exist_ok=True)
+    net.backbone.save(target / EMBEDDING_FILE)
+    net.save_weights(target / LEARNER_WEIGHTS_FILE)
+    if not cluster.is_chief:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        return net, train_set, test_set
     run = {
         "config": asdict(config),
         "learner": config.learner,
@@ -128,36 +160,122 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
         "preprocessing": train_set.preprocessing.to_dict(),
         "train_seconds": round(train_seconds, 1),
         "episodes_per_second": round(config.steps * config.episodes_per_batch / train_seconds, 2),
-        "final_train_accuracy": float(history.history["accuracy"][-1]),
+        "final_train_accuracy": float(history.history["accuracy"][-1]) if history.history else None,
+        "distribution": cluster.to_dict(),
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
     return net, train_set, test_set
 
 
 def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbacks: Sequence[Any] = (),
-                 verbose: int | str = "auto"):
+                 verbose: int | str = "auto", backup_dir: str | Path | None = None):
     """Compiles `net` (cosine-decayed `config.learning_rate`, the learner's episode loss) and fits it on
     `config`'s augmented episodes of `train_set`. Meta-training and compression fine-tuning both use it.
-    Returns the Keras `History`."""
+    Returns the Keras `History`.
+
+    Under a `tf.distribute` strategy each step's `episodes_per_batch` episodes are split across the
+    replicas (each input pipeline assembles only its own), and Keras scales the loss so gradients are
+    those of the global batch. With `backup_dir`, `keras.callbacks.BackupAndRestore` saves the training
+    state after every epoch; a run restarted with the same config and `backup_dir` (e.g. after a
+    worker died) resumes at the last finished epoch, on the episodes the uninterrupted run would have
+    seen next, and the backup is deleted when training completes.
+    """
     from edgemeta.backend import keras, tf
     from edgemeta.data.episodes import EpisodeSampler
 
+    strategy = tf.distribute.get_strategy()
+    check_global_batch(config.episodes_per_batch, strategy.num_replicas_in_sync)
+    steps_per_epoch = max(1, config.steps // config.epochs)
+    callbacks = list(callbacks)
+    first_epoch = 0
+    if backup_dir is not None:
+        first_epoch = _prepare_backup(Path(backup_dir), config)
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
+        if not net.built:  # a backup can only be restored into existing variables
+            with strategy.scope():
+                net.build_from_episode(train_set.preprocessing.input_shape)
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
-    with tf.distribute.get_strategy().scope():
+    augment = dict(max_shift=config.max_shift, max_rotation=config.max_rotation, max_scale=config.max_scale,
+                   max_shear=config.max_shear)
+    start = first_epoch * steps_per_epoch * config.episodes_per_batch
+
+    def episodes(input_context=None):
+        return sampler.episodes(config.episodes_per_batch, start=start, input_context=input_context, **augment)
+
+    # Inside a strategy's scope each input pipeline builds its own share (distribute_datasets_from_function).
+    data = keras.utils.experimental.DatasetCreator(episodes) if tf.distribute.has_strategy() else episodes()
+    with strategy.scope():
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
+        optimizer = net.make_optimizer(schedule)
+        if config.mixed_precision == "float16":  # float16 gradients underflow without it; bfloat16 has float32's range
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         net.compile(
-            optimizer=net.make_optimizer(schedule),
+            optimizer=optimizer,
             loss=net.episode_loss(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=config.jit_compile,
         )
-    return net.fit(
-        sampler.episodes(config.episodes_per_batch, max_shift=config.max_shift, max_rotation=config.max_rotation,
-                         max_scale=config.max_scale, max_shear=config.max_shear),
-        steps_per_epoch=max(1, config.steps // config.epochs),
-        epochs=config.epochs,
-        callbacks=list(callbacks),
-        verbose=verbose,
-    )
+    if tf.distribute.has_strategy():
+        # Metric results are already reduced across replicas; tf_keras' default ("sum") adds them up once more
+        # per worker under MultiWorkerMirroredStrategy, so logs showed the loss times the worker count.
+        net.distribute_reduction_method = "first"
+    history = net.fit(data, steps_per_epoch=steps_per_epoch, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    if backup_dir is not None:  # BackupAndRestore removed its checkpoint: training completed
+        (Path(backup_dir) / BACKUP_CONFIG_FILE).unlink(missing_ok=True)
+        for leftover in (Path(backup_dir) / "chief", Path(backup_dir)):
+            try:
+                leftover.rmdir()
+            except OSError:  # not empty (a user's own files) or already gone
+                pass
+    return history
+
+
+def check_global_batch(episodes_per_batch: int, replicas: int) -> None:
+    """Episodes are never cut across replicas: the global batch must divide evenly among them."""
+    if episodes_per_batch % replicas:
+        raise ValueError(f"episodes_per_batch ({episodes_per_batch}) must be a multiple of the {replicas} replicas in sync, "
+                         "so every replica trains on whole episodes. Received: "
+                         f"episodes_per_batch={episodes_per_batch}, replicas={replicas}.")
+
+
+def plain_backbone(backbone):
+    """A float32 copy of `backbone` with ordinary (unsynchronised) BatchNorm and the same weights."""
+    from edgemeta.backend import keras
+
+    def clone(layer):
+        config = {**layer.get_config(), "dtype": "float32"}
+        if "synchronized" in config:
+            config["synchronized"] = False
+        return layer.__class__.from_config(config)
+
+    plain = keras.models.clone_model(backbone, clone_function=clone)
+    plain.set_weights(backbone.get_weights())
+    return plain
+
+
+BACKUP_CONFIG_FILE = "config.json"
+
+
+def _prepare_backup(backup_dir: Path, config: TrainConfig) -> int:
+    """Returns the epoch a run resumes at (0 for a fresh run). A backup of another config is refused:
+    resuming it would silently train a different run."""
+    from edgemeta.backend import tf
+
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    stamp = json.dumps(asdict(config), sort_keys=True, default=list)
+    recorded = backup_dir / BACKUP_CONFIG_FILE
+    # BackupAndRestore's chief writes under "chief/"; the other workers only into temporary directories.
+    latest = tf.train.latest_checkpoint(str(backup_dir / "chief"))
+    if latest is None:
+        recorded.write_text(stamp + "\n")
+        return 0
+    if recorded.is_file() and recorded.read_text().strip() != stamp:
+        raise ValueError(f"The backup in {str(backup_dir)!r} belongs to a run with another config; resuming it would train "
+                         f"something else. Delete the directory to start afresh. Received config: {stamp}; "
+                         f"backed-up config: {recorded.read_text().strip()}")
+    reader = tf.train.load_checkpoint(latest)
+    key = next((k for k in reader.get_variable_to_shape_map() if "ckpt_saved_epoch" in k), None)
+    return int(reader.get_tensor(key)) + 1 if key else 0
 
 
 def load_run(run_dir: str | Path):

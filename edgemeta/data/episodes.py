@@ -87,14 +87,25 @@ class EpisodeSampler:
         """Infinite dataset of `(support_idx, support_labels, query_idx, query_labels)` into the dataset."""
         return tf.data.Dataset.counter(start).map(self._sample, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def episodes(self, episodes_per_batch: int = 1, start: int = 0, **augment: float) -> tf.data.Dataset:
+    def episodes(self, episodes_per_batch: int = 1, start: int = 0, input_context: tf.distribute.InputContext | None = None,
+                 **augment: float) -> tf.data.Dataset:
         """Infinite dataset of `((support, support_labels, query), query_labels)` batches, ready for
-        `fit`/`evaluate`. Batching whole episodes lets `tf.distribute` split a batch across replicas
-        without cutting an episode. `augment` (`max_shift`, `max_rotation`, `max_scale`, `max_shear`)
-        applies `random_affine` to every image (training augmentation)."""
+        `fit`/`evaluate`. `augment` (`max_shift`, `max_rotation`, `max_scale`, `max_shear`) applies
+        `random_affine` to every image (training augmentation).
+
+        Step `s` is made of episodes `start + s * episodes_per_batch + [0, episodes_per_batch)`. With a
+        `tf.distribute.InputContext` (from `distribute_datasets_from_function`) this input pipeline
+        assembles only its own share of each step's global batch, batched per replica: replica r of
+        the run gets the r-th slice of whole episodes, so any number of workers and devices train on
+        exactly the episodes one device would (and no worker assembles episodes it then discards)."""
         augment = {k: float(v) for k, v in augment.items() if v}
         images = tf.constant(self.dataset.images)
         seed = self.seed
+        global_batch, batch, pipelines, pipeline = episodes_per_batch, episodes_per_batch, 1, 0
+        if input_context is not None:
+            batch = input_context.get_per_replica_batch_size(episodes_per_batch)  # raises unless divisible
+            pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+        share = global_batch // pipelines  # episodes this pipeline assembles per step
 
         def gather(index):
             support, support_labels, query, query_labels = self._sample(index)
@@ -105,8 +116,11 @@ class EpisodeSampler:
                 q = random_affine(q, aug_seed[1], **augment)
             return (s, support_labels, q), query_labels
 
-        ds = tf.data.Dataset.counter(start).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(episodes_per_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        def episode_index(i):
+            return start + (i // share) * global_batch + pipeline * share + i % share
+
+        ds = tf.data.Dataset.counter().map(episode_index).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def random_affine(images: tf.Tensor, seed: tf.Tensor, max_shift: float = 0.0, max_rotation: float = 0.0,

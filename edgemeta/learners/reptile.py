@@ -45,8 +45,12 @@ class Reptile(MAML):
             logits.append(self._logits(body, head, query[b]))
             phi = body + ([tf.reduce_mean(head[0], 1), tf.reduce_mean(head[1])] if meta_head else [])
             deltas = [d + (v - p) for d, v, p in zip(deltas, variables, phi)]
-        n_tasks = float(self.static_batch(support))
-        self.optimizer.apply_gradients(zip([d / n_tasks for d in deltas], variables))
+        # apply_gradients sums over tf.distribute replicas: divide by all tasks of the global batch, so the
+        # update is the mean over every replica's tasks, whatever the replica count.
+        n_tasks = float(self.static_batch(support) * tf.distribute.get_strategy().num_replicas_in_sync)
+        # The deltas are weight differences, not gradients of a loss: a float16 run's loss scaling does not apply.
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        optimizer.apply_gradients(zip([d / n_tasks for d in deltas], variables))
         logits = tf.stack(logits)
         self.compute_loss((support, support_labels, query), query_labels, logits)
         return self.compute_metrics((support, support_labels, query), query_labels, logits, None)
