@@ -28,6 +28,7 @@ from edgemeta.runtime.store import CLASS_BLOCK
 
 MB = 1 << 20
 CLASSIFY_ARRAYS = 6  # (batch, classes) float64 arrays alive at once in classify: distances, logits, exp, ...
+CLASSIFY_CACHE_BYTES = 16  # per class, kept by classify between calls: a float64 norm and a slot in a label list
 RAW_IMAGE_BYTES = 105 * 105  # an Omniglot-sized grayscale uint8 photo; what `working` assumes per image
 
 
@@ -109,8 +110,9 @@ class MemoryPlan:
     @property
     def per_class_peak(self) -> int:
         """A class's bytes at the peak: its row in the store, its share of the store's spare rows (the
-        arrays grow by a quarter), and its column in classify's (batch, classes) float64 arrays."""
-        return int(self.per_class * 1.25) + 8 * CLASSIFY_ARRAYS * self.batch
+        arrays grow by a quarter), its column in classify's (batch, classes) float64 arrays, and what
+        classify keeps of it between calls."""
+        return int(self.per_class * 1.25) + 8 * CLASSIFY_ARRAYS * self.batch + CLASSIFY_CACHE_BYTES
 
     def predict(self, classes: int) -> int:
         """Peak resident memory with `classes` enrolled classes."""
