@@ -249,7 +249,8 @@ class FewShotAdapter:
     def _prototype_cache(self) -> tuple[list[str], list[np.ndarray]]:
         """The store's labels and, per block of classes, the squared norms of its (metric-mapped)
         prototypes: kept until the store changes, so classify computes them once, not per call.
-        Costs 8 bytes per class (the prototypes themselves are not copied). Call with the lock held."""
+        Costs 16 bytes per class, a norm and a label slot (the prototypes themselves are not copied;
+        `memory.CLASSIFY_CACHE_BYTES`). Call with the lock held."""
         store = self._store
         cached = self._cache
         if cached is None or cached[0] is not store or cached[1] != store.version:
