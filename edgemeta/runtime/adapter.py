@@ -87,6 +87,7 @@ class FewShotAdapter:
         self._lock = threading.RLock()
         self._head = None
         self._cache: tuple | None = None  # see _prototype_cache
+        self._scratch: tuple | None = None  # see _block64
         self.state_path = Path(state) if state is not None else None
         sha = embedder.manifest.model_sha256
         if self.state_path is not None and self.state_path.exists():
@@ -226,9 +227,8 @@ class FewShotAdapter:
                 threshold = self._threshold_for_classes(len(labels))
             x = np.asarray(queries, np.float64)
             x_norms = squared_norms(x)
-            # In blocks of classes: the float64 copies squared_distances makes stay small at any class count.
-            blocks = [squared_distances(x, for_metric(self._store.prototype_block(i, i + CLASS_BLOCK), self.metric),
-                                        x_norms, norms[k])
+            # In blocks of classes, so the float64 copies stay small at any class count.
+            blocks = [squared_distances(x, self._block64(i), x_norms, norms[k])
                       for k, i in enumerate(range(0, len(labels), CLASS_BLOCK))]
             d = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
             rows = np.arange(len(d))
@@ -246,6 +246,26 @@ class FewShotAdapter:
         return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
                 for j, dist, score in zip(best.tolist(), nearest, scores.tolist())]
 
+    def _block64(self, start: int) -> np.ndarray:
+        """Prototypes `start:start + CLASS_BLOCK`, metric-mapped, as float64, in buffers kept between
+        calls (at most a block's rows; `memory.MemoryPlan.block` counts them): a fresh array of a
+        block's size (256 KB for 64-d embeddings) went to mmap and back on every call, page faults
+        included. Call with the lock held."""
+        store = self._store
+        rows = min(len(store) - start, CLASS_BLOCK)
+        int8 = store.prototype_dtype == "int8"
+        if self._scratch is None or len(self._scratch[0]) < rows or (self._scratch[1] is not None) != int8:
+            size = min(CLASS_BLOCK, max(16, 2 * rows))  # room to grow: not a new buffer per enrolled class
+            self._scratch = (np.empty((size, store.embedding_size), np.float64),
+                             np.empty((size, store.embedding_size), np.float32) if int8 else None)
+        block64, block32 = self._scratch
+        block = store.prototype_block(start, start + CLASS_BLOCK, out=block32)
+        if self.metric != "squared_euclidean":
+            block = for_metric(block, self.metric)
+        out = block64[:rows]
+        np.copyto(out, block)
+        return out
+
     def _prototype_cache(self) -> tuple[list[str], list[np.ndarray]]:
         """The store's labels and, per block of classes, the squared norms of its (metric-mapped)
         prototypes: kept until the store changes, so classify computes them once, not per call.
@@ -254,9 +274,7 @@ class FewShotAdapter:
         store = self._store
         cached = self._cache
         if cached is None or cached[0] is not store or cached[1] != store.version:
-            n = len(store)
-            norms = [squared_norms(for_metric(store.prototype_block(i, i + CLASS_BLOCK), self.metric))
-                     for i in range(0, n, CLASS_BLOCK)]
+            norms = [squared_norms(self._block64(i)) for i in range(0, len(store), CLASS_BLOCK)]
             cached = self._cache = (store, store.version, store.labels, norms)
         return cached[2], cached[3]
 

@@ -113,12 +113,15 @@ class PrototypeStore:
         """`(labels, (n, D) float32 means)` in row order."""
         return list(self._labels), self.prototype_block(0, len(self._labels))
 
-    def prototype_block(self, start: int, stop: int) -> np.ndarray:
-        """The float32 means of rows `start:stop` (a view for a float32 store; int8 rows dequantized),
-        the same values as those rows of `prototypes()`, without the whole matrix."""
+    def prototype_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The float32 means of rows `start:stop` (a view for a float32 store; int8 rows dequantized,
+        into `out[:rows]` when given), the same values as those rows of `prototypes()`, without the
+        whole matrix."""
         stop = min(stop, len(self._labels))
         if self.prototype_dtype == "int8":
-            return self._means[start:stop].astype(np.float32) * self._scales[start:stop, None]
+            # float32(int8) * scale, as one ufunc (into `out`: no fresh array per call)
+            return np.multiply(self._means[start:stop], self._scales[start:stop, None], dtype=np.float32,
+                               out=None if out is None else out[: stop - start])
         return self._means[start:stop]
 
     def support(self, label: str) -> list[Any]:
