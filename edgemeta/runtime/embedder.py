@@ -97,7 +97,8 @@ class Embedder:
 
     def embed(self, images: Any) -> np.ndarray:
         """Raw images (see `Preprocessing.__call__` for the accepted forms) -> float32 `(n, D)`."""
-        return self.embed_preprocessed(self.preprocessing(images))
+        # Preprocessing checked the images and returns finite float32 of the input shape: no second check.
+        return self._embed(self.preprocessing(images))
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""
@@ -118,6 +119,10 @@ class Embedder:
             if bad:
                 raise ValueError(f"images contain NaN or Inf (pixels must be finite, in [0, 1]). "
                                  f"Received: {bad} non-finite values")
+        return self._embed(x)
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        """Checked input -> embeddings, in chunks of `max_batch` images (or of the model's static batch)."""
         step = self._static_batch or self.max_batch
         if len(x) <= step:
             y = self._invoke(x)
