@@ -102,9 +102,11 @@ class FixedEpisodes:
         return self.images[row[: self.split]], self.support_labels, self.images[row[self.split :]], self.query_labels
 
 
-def protonet_step(model: nn.Module, optimizer, episodes, n_way: int, k_shot: int, memory_format) -> float:
+def protonet_step(model: nn.Module, optimizer, episodes, n_way: int, k_shot: int, memory_format, autocast: bool) -> float:
     support, _, query, query_labels = episodes.sample()
-    embeddings = model(torch.cat([support, query]).contiguous(memory_format=memory_format))  # one pass, as learn2learn's example (and edgemeta) do
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        embeddings = model(torch.cat([support, query]).contiguous(memory_format=memory_format))
+    embeddings = embeddings.float()  # distances and loss in float32, as edgemeta's mixed precision keeps them  # one pass, as learn2learn's example (and edgemeta) do
     prototypes = embeddings[: len(support)].reshape(n_way, k_shot, -1).mean(dim=1)
     loss = F.cross_entropy(pairwise_distances_logits(embeddings[len(support) :], prototypes), query_labels)
     optimizer.zero_grad()
@@ -113,7 +115,7 @@ def protonet_step(model: nn.Module, optimizer, episodes, n_way: int, k_shot: int
     return loss.item()
 
 
-def maml_step(maml, optimizer, episodes, meta_batch: int, inner_steps: int, memory_format) -> float:
+def maml_step(maml, optimizer, episodes, meta_batch: int, inner_steps: int, memory_format, autocast: bool) -> float:
     optimizer.zero_grad()
     total = 0.0
     for _ in range(meta_batch):
@@ -121,8 +123,12 @@ def maml_step(maml, optimizer, episodes, meta_batch: int, inner_steps: int, memo
         support, query = support.contiguous(memory_format=memory_format), query.contiguous(memory_format=memory_format)
         learner = maml.clone()
         for _ in range(inner_steps):
-            learner.adapt(F.cross_entropy(learner(support), support_labels))
-        loss = F.cross_entropy(learner(query), query_labels) / meta_batch  # mean over the meta-batch, as edgemeta's loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = learner(support)
+            learner.adapt(F.cross_entropy(logits.float(), support_labels))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = learner(query)
+        loss = F.cross_entropy(logits.float(), query_labels) / meta_batch  # mean over the meta-batch, as edgemeta's loss
         loss.backward()
         total += loss.item()
     optimizer.step()
@@ -139,16 +145,17 @@ def run_round(args, images: torch.Tensor, labels: torch.Tensor, episode_file: np
         episodes = FixedEpisodes(images, episode_file, args.n_way, args.k_shot, args.n_query)
     # channels_last: PyTorch's CPU tuning advice for convnets (oneDNN's native layout), measured faster here.
     memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    autocast = args.precision == "bfloat16"  # the backbone in bfloat16 (torch.autocast), weights and loss float32
     if args.learner == "protonet":
         model = conv4().train().to(memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        step = lambda: protonet_step(model, optimizer, episodes, args.n_way, args.k_shot, memory_format)  # noqa: E731
+        step = lambda: protonet_step(model, optimizer, episodes, args.n_way, args.k_shot, memory_format, autocast)  # noqa: E731
     else:
         # Batch statistics in every pass, as edgemeta's functional MAML (the MAML paper's transductive BN).
         model = conv4(args.n_way, track_running_stats=False).train().to(memory_format=memory_format)
         maml = l2l.algorithms.MAML(model, lr=args.inner_lr, first_order=False)
         optimizer = torch.optim.Adam(maml.parameters(), lr=args.lr)
-        step = lambda: maml_step(maml, optimizer, episodes, args.meta_batch, args.inner_steps, memory_format)  # noqa: E731
+        step = lambda: maml_step(maml, optimizer, episodes, args.meta_batch, args.inner_steps, memory_format, autocast)  # noqa: E731
     for _ in range(args.warmup):
         step()
     start = time.perf_counter()
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
                         help="layout of the model and its inputs (contiguous = PyTorch's default NCHW)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: the model's forward under torch.autocast (mixed precision)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also measure the pipeline alone and the top operators")
     args = parser.parse_args(argv)
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "sampler": args.sampler if args.pipeline == "l2l" else None,
         "episode": {"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "meta_batch": args.meta_batch},
         "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads(), "memory_format": args.memory_format,
+        "precision": args.precision,
         "interop_threads": torch.get_num_interop_threads(),
         "episodes_per_second": [round(r["episodes_per_second"], 3) for r in rounds], "rounds": rounds,
         "versions": {"torch": torch.__version__, "learn2learn": l2l.__version__, "numpy": np.__version__,

@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot")))
     parser.add_argument("--out", default="runs/throughput")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per learner (medians over rounds)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per learner (medians over rounds)")
     parser.add_argument("--steps", type=int, default=20, help="timed ProtoNet steps per round (one 60-way episode each)")
     parser.add_argument("--maml-steps", type=int, default=6, help="timed MAML meta-batches per round (8 tasks each)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first in every round (tracing, allocation)")
@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="learn2learn pipeline: NWays+KShots, or FusedNWaysKShots (learn2learn's Omniglot benchmark)")
     parser.add_argument("--l2l-memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
                         help="PyTorch layout; auto: the faster one per learner (L2L_MEMORY_FORMAT)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: mixed precision on both sides (edgemeta TrainConfig.mixed_precision, torch.autocast)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile (saves about 2 minutes)")
     args = parser.parse_args(argv)
     if not Path(args.l2l_python).is_file():
@@ -81,13 +83,14 @@ def configure_tensorflow(threads: int):
     return tf, keras
 
 
-def config_for(learner: str, data_dir: str, total_steps: int):
+def config_for(learner: str, data_dir: str, total_steps: int, precision: str = "float32"):
     from edgemeta.training import TrainConfig
 
     s = SETTINGS[learner]
     return TrainConfig(dataset="omniglot", data_dir=data_dir, image_size=28, learner=learner, learner_options=s["options"],
                        n_way=s["n_way"], k_shot=s["k_shot"], n_query=s["n_query"], episodes_per_batch=s["meta_batch"],
-                       steps=total_steps, epochs=1, learning_rate=s["learning_rate"], seed=0)
+                       steps=total_steps, epochs=1, learning_rate=s["learning_rate"], seed=0,
+                       **({"mixed_precision": precision} if precision != "float32" else {}))
 
 
 def write_episode_indices(train_set, config, path: Path) -> np.ndarray:
@@ -137,7 +140,14 @@ def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
-    net = build_learner(learner, conv4(train_set.preprocessing.input_shape), **config.learner_options)
+    policy = keras.mixed_precision.global_policy()
+    try:  # as `edgemeta.training.train`: mixed precision is the backbone's; the learner's head and loss stay float32
+        if getattr(config, "mixed_precision", None):
+            keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+        backbone = conv4(train_set.preprocessing.input_shape)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    net = build_learner(learner, backbone, **config.learner_options)
     clock = BatchClock()
     if dataset is None:
         history = fit_episodes(net, train_set, config, [clock], verbose=0)
@@ -166,7 +176,7 @@ def l2l_round(args, learner: str, npz: Path, steps: int, indices: Path | None, p
                "--n-way", str(s["n_way"]), "--k-shot", str(s["k_shot"]), "--n-query", str(s["n_query"]),
                "--meta-batch", str(s["meta_batch"]), "--lr", str(s["learning_rate"]),
                "--steps", str(steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner)]
+               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner), "--precision", args.precision]
     if learner == "maml":
         command += ["--inner-lr", str(s["options"]["inner_lr"]), "--inner-steps", str(s["options"]["inner_steps"])]
     command += ["--pipeline", "indices", "--episodes", str(indices)] if indices else ["--pipeline", "l2l"]
@@ -266,7 +276,9 @@ def machine() -> dict:
 def report(result: dict) -> str:
     lines = ["# Training throughput: edgemeta against learn2learn", "",
              f"Measured {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['threads']} intra-op threads on both sides; load average before/after "
+             f"{result['threads']} intra-op threads on both sides, {result['precision']} "
+             f"({'float32 throughout' if result['precision'] == 'float32' else 'mixed: backbone in bfloat16, weights and loss float32'}); "
+             f"PyTorch layout {result['l2l_memory_format']}; load average (1, 5, 15 min) before/after "
              f"{result['load_before']} / {result['load_after']}.", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", "",
              f"Command: `{result['command']}`", ""]
@@ -295,7 +307,9 @@ def report(result: dict) -> str:
         lines += ["## Profile of the ProtoNet step", "",
                   f"- edgemeta: tf.data pipeline alone {e['pipeline_only_episodes_per_second']:.0f} episodes/s; training "
                   f"step alone (one cached episode) {e['compute_only_episodes_per_second']:.2f}; both "
-                  f"{e['full_episodes_per_second']:.2f}: the pipeline costs {100 * e['pipeline_share_of_step']:.0f} % of a step.",
+                  f"{e['full_episodes_per_second']:.2f}: the pipeline costs {100 * e['pipeline_share_of_step']:.0f} % of a step "
+                  f"(within the rounds' noise); in the trace the pipeline's ops are "
+                  f"{100 * (e.get('pipeline_share_of_op_time') or 0):.1f} % of all op time.",
                   ]
         l2l = p.get("l2l_protonet", {})
         if "pipeline_only_episodes_per_second" in l2l:
@@ -326,7 +340,7 @@ def main(argv=None) -> None:
     np.savez(npz, images=train_set.images, labels=train_set.labels)
     configs, index_files = {}, {}
     for learner in args.learners:
-        configs[learner] = config_for(learner, args.data_dir, args.warmup + steps[learner])
+        configs[learner] = config_for(learner, args.data_dir, args.warmup + steps[learner], args.precision)
         index_files[learner] = work / f"{learner}_episodes.npy"
         write_episode_indices(train_set, configs[learner], index_files[learner])
     measured = {learner: defaultdict(list) for learner in args.learners}
@@ -365,7 +379,8 @@ def main(argv=None) -> None:
         "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default (cores)"},
         "torch_threads": {k: next(iter(l2l_info.values()))["own"][k] for k in ("threads", "interop_threads")},
-        "versions": versions, "l2l_sampler": args.l2l_sampler,
+        "versions": versions, "l2l_sampler": args.l2l_sampler, "precision": args.precision,
+        "l2l_memory_format": {learner: memory_format(args, learner) for learner in args.learners},
         "command": shlex.join([os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd())) else sys.executable,
                                *sys.argv]),
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
