@@ -107,26 +107,35 @@ def reference_classify(adapter: FewShotAdapter, images, threshold):
             for i, j in enumerate(best)]
 
 
-@pytest.mark.parametrize("prototype_dtype,metric", [("float32", "squared_euclidean"), ("int8", "squared_euclidean"),
-                                                    ("float32", "cosine")])
-def test_classify_with_cached_norms_equals_distances_from_scratch(tmp_path, prototype_dtype, metric):
+@pytest.mark.parametrize("prototype_dtype,metric,classes", [
+    ("float32", "squared_euclidean", 600),  # two blocks of 512, kept as float64 between calls
+    ("int8", "squared_euclidean", 600),
+    ("float32", "cosine", 600),
+    ("float32", "squared_euclidean", 1100),  # more than RESIDENT_CLASSES: blocks copied per call
+    ("int8", "cosine", 1100),
+])
+def test_classify_with_cached_prototypes_equals_distances_from_scratch(tmp_path, prototype_dtype, metric, classes):
+    from edgemeta.runtime.store import RESIDENT_CLASSES
+
     bundle = tmp_path / "bundle"
     shutil.copytree(PRESET, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["metric"] = metric
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     adapter = FewShotAdapter.from_bundle(bundle, unknown_threshold=4.0, prototype_dtype=prototype_dtype)
-    images = [blank_with_square(lo=10 + i % 50, hi=40 + i % 60) for i in range(600)]
-    queries = np.stack([blank_with_square(lo=12 + 3 * i, hi=50 + 2 * i) for i in range(8)])
+    queries = np.stack([blank_with_square(lo=42 + 2 * i, hi=90 + i) for i in range(8)])  # none is a class image
 
     def check():
         got = [(p.label, p.distance, p.score, p.nearest) for p in adapter.classify(queries)]
         assert got == reference_classify(adapter, queries, 4.0)
 
-    for i in range(0, 600, 8):  # 600 classes: two blocks of 512
-        adapter.enroll(f"c{i}", np.stack(images[i : i + 8]))
+    for i in range(classes):  # one shot each: a square of its own size and place
+        adapter.enroll(f"c{i}", blank_with_square(lo=i % 40, hi=45 + (i // 40) % 55))
+    assert (classes <= RESIDENT_CLASSES) == adapter._resident or adapter._cache is None
     check()
-    adapter.enroll("c8", images[0])  # a class's prototype moves
+    assert (classes <= RESIDENT_CLASSES) == adapter._resident
+    check()  # again, from what was kept
+    adapter.enroll("c8", blank_with_square(lo=3, hi=90))  # a class's prototype moves
     check()
     adapter.enroll("new", queries[3])  # a class appears
     assert adapter.classify(queries[3])[0].nearest == "new"
@@ -136,10 +145,11 @@ def test_classify_with_cached_norms_equals_distances_from_scratch(tmp_path, prot
     adapter.save(tmp_path / "taught.store")
     other = FewShotAdapter.from_bundle(bundle, unknown_threshold=4.0, prototype_dtype=prototype_dtype)
     other.enroll("only", queries[0])
-    adapter.load(tmp_path / "taught.store")  # the same object, another store
-    check()
-    adapter.load(_saved(other, tmp_path))
+    adapter.load(_saved(other, tmp_path))  # the same adapter, another store (of one class)
     assert [p.nearest for p in adapter.classify(queries)] == ["only"] * 8
+    check()
+    adapter.load(tmp_path / "taught.store")  # and back
+    check()
 
 
 def _saved(adapter: FewShotAdapter, tmp_path) -> str:

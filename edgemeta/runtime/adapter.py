@@ -14,8 +14,8 @@ import numpy as np
 
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
-from edgemeta.runtime.metric import for_metric, squared_distances, squared_norms
-from edgemeta.runtime.store import CLASS_BLOCK, PrototypeStore, StoreError
+from edgemeta.runtime.metric import for_metric, squared_norms
+from edgemeta.runtime.store import CLASS_BLOCK, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES, PrototypeStore, StoreError
 
 ON_FULL = ("error", "evict")
 
@@ -87,7 +87,9 @@ class FewShotAdapter:
         self._lock = threading.RLock()
         self._head = None
         self._cache: tuple | None = None  # see _prototype_cache
-        self._scratch: tuple | None = None  # see _block64
+        self._float64: np.ndarray | None = None  # classify's float64 prototypes (_load_block)
+        self._float32: np.ndarray | None = None  # a block of dequantized int8 prototypes
+        self._resident = False
         self.state_path = Path(state) if state is not None else None
         sha = embedder.manifest.model_sha256
         if self.state_path is not None and self.state_path.exists():
@@ -99,9 +101,9 @@ class FewShotAdapter:
         self._store_budget = None
         if self.memory_budget is not None:
             self._store_budget = self._bytes_for_classes(self.memory_budget)
-            if self._store.nbytes() > self._store_budget:
+            if self._class_bytes(self._store) > self._store_budget:
                 raise MemoryBudgetError(
-                    f"The loaded store needs {self._store.nbytes() / 2**20:.2f} MB but the budget of "
+                    f"The loaded store needs {self._class_bytes(self._store) / 2**20:.2f} MB but the budget of "
                     f"{self.memory_budget / 2**20:.1f} MB leaves {max(self._store_budget, 0) / 2**20:.2f} MB for classes. "
                     "Raise memory_budget or forget classes in a process with a larger budget.")
 
@@ -225,12 +227,7 @@ class FewShotAdapter:
             labels, norms = self._prototype_cache()
             if unknown_threshold == "adapter" and self._open_set_table:
                 threshold = self._threshold_for_classes(len(labels))
-            x = np.asarray(queries, np.float64)
-            x_norms = squared_norms(x)
-            # In blocks of classes, so the float64 copies stay small at any class count.
-            blocks = [squared_distances(x, self._block64(i), x_norms, norms[k])
-                      for k, i in enumerate(range(0, len(labels), CLASS_BLOCK))]
-            d = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+            d = self._distances(np.asarray(queries, np.float64), norms)
             rows = np.arange(len(d))
             if self._head is not None and list(self._head.labels) == labels:
                 best, p = self._head.predict(queries)
@@ -246,37 +243,62 @@ class FewShotAdapter:
         return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
                 for j, dist, score in zip(best.tolist(), nearest, scores.tolist())]
 
-    def _block64(self, start: int) -> np.ndarray:
-        """Prototypes `start:start + CLASS_BLOCK`, metric-mapped, as float64, in buffers kept between
-        calls (at most a block's rows; `memory.MemoryPlan.block` counts them): a fresh array of a
-        block's size (256 KB for 64-d embeddings) went to mmap and back on every call, page faults
-        included. Call with the lock held."""
-        store = self._store
-        rows = min(len(store) - start, CLASS_BLOCK)
-        int8 = store.prototype_dtype == "int8"
-        if self._scratch is None or len(self._scratch[0]) < rows or (self._scratch[1] is not None) != int8:
-            size = min(CLASS_BLOCK, max(16, 2 * rows))  # room to grow: not a new buffer per enrolled class
-            self._scratch = (np.empty((size, store.embedding_size), np.float64),
-                             np.empty((size, store.embedding_size), np.float32) if int8 else None)
-        block64, block32 = self._scratch
-        block = store.prototype_block(start, start + CLASS_BLOCK, out=block32)
-        if self.metric != "squared_euclidean":
-            block = for_metric(block, self.metric)
-        out = block64[:rows]
-        np.copyto(out, block)
-        return out
+    def _distances(self, x: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """`(queries, classes)` squared distances: `squared_distances` of every block of classes, bit for
+        bit, with the product per block and the rest of the formula once over all classes."""
+        d = np.empty((len(x), len(norms)))
+        twice = 2 * x
+        for i in range(0, len(norms), CLASS_BLOCK):
+            d[:, i : i + CLASS_BLOCK] = twice @ self._block64(i).T
+        np.subtract(squared_norms(x)[:, None], d, out=d)
+        d += norms
+        return np.maximum(d, 0.0, out=d)
 
-    def _prototype_cache(self) -> tuple[list[str], list[np.ndarray]]:
-        """The store's labels and, per block of classes, the squared norms of its (metric-mapped)
-        prototypes: kept until the store changes, so classify computes them once, not per call.
-        Costs 16 bytes per class, a norm and a label slot (the prototypes themselves are not copied;
-        `memory.CLASSIFY_CACHE_BYTES`). Call with the lock held."""
+    def _prototype_cache(self) -> tuple[list[str], np.ndarray]:
+        """The store's labels and its (metric-mapped) prototypes' squared norms, kept until the store
+        changes, and with them, for up to RESIDENT_CLASSES classes, the prototypes as float64: classify
+        then computes neither per call. Call with the lock held."""
         store = self._store
         cached = self._cache
         if cached is None or cached[0] is not store or cached[1] != store.version:
-            norms = [squared_norms(self._block64(i)) for i in range(0, len(store), CLASS_BLOCK)]
+            self._cache = None
+            n = len(store)
+            self._resident = n <= RESIDENT_CLASSES
+            rows = n if self._resident else CLASS_BLOCK
+            if self._float64 is None or len(self._float64) < rows or self._float64.shape[1] != store.embedding_size:
+                size = min(RESIDENT_CLASSES, max(16, 2 * rows))  # room to grow: not a new buffer per class
+                self._float64 = np.empty((size, store.embedding_size), np.float64)
+            norms = np.empty(n)
+            for i in range(0, n, CLASS_BLOCK):
+                block = self._load_block(i)
+                norms[i : i + len(block)] = squared_norms(block)
             cached = self._cache = (store, store.version, store.labels, norms)
         return cached[2], cached[3]
+
+    def _block64(self, start: int) -> np.ndarray:
+        """Float64 prototypes `start:start + CLASS_BLOCK` (see `_prototype_cache`)."""
+        if self._resident:
+            return self._float64[start : min(start + CLASS_BLOCK, len(self._store))]
+        return self._load_block(start)
+
+    def _load_block(self, start: int) -> np.ndarray:
+        """Copies prototypes `start:start + CLASS_BLOCK`, metric-mapped, into the float64 buffer: at
+        their own rows while all classes fit in it, else at its start (one block at a time, per call).
+        A buffer kept between calls, because a fresh array of a block's size (256 KB for 64-d
+        embeddings) went to mmap and back on every call, page faults included."""
+        store = self._store
+        rows = min(len(store) - start, CLASS_BLOCK)
+        scratch = None
+        if store.prototype_dtype == "int8" and not self._resident:  # dequantized per call: a kept float32 buffer
+            if self._float32 is None or self._float32.shape[1] != store.embedding_size:
+                self._float32 = np.empty((CLASS_BLOCK, store.embedding_size), np.float32)
+            scratch = self._float32
+        block = store.prototype_block(start, start + CLASS_BLOCK, out=scratch)
+        if self.metric != "squared_euclidean":
+            block = for_metric(block, self.metric)
+        out = self._float64[start : start + rows] if self._resident else self._float64[:rows]
+        np.copyto(out, block)
+        return out
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -289,8 +311,8 @@ class FewShotAdapter:
         store, or one over the budget is refused and changes nothing."""
         store = PrototypeStore.load(path, model_sha256=self.embedder.manifest.model_sha256)
         with self._lock:
-            if self._store_budget is not None and store.nbytes() > self._store_budget:
-                raise MemoryBudgetError(f"{path} needs {store.nbytes() / 2**20:.2f} MB for its classes; the budget "
+            if self._store_budget is not None and self._class_bytes(store) > self._store_budget:
+                raise MemoryBudgetError(f"{path} needs {self._class_bytes(store) / 2**20:.2f} MB for its classes; the budget "
                                         f"leaves {self._store_budget / 2**20:.2f} MB.")
             self._store, self._head = store, None
 
@@ -318,36 +340,43 @@ class FewShotAdapter:
             self._threshold_cache[key] = threshold_for(self.embedder.manifest.open_set, n_classes, k_shot=key[1])
         return self._threshold_cache[key]
 
+    @staticmethod
+    def _class_bytes(store: PrototypeStore) -> int:
+        """What the classes hold: the store, and what classify keeps per class between calls."""
+        return store.nbytes() + CLASSIFY_CACHE_BYTES * len(store)
+
     def _bytes_for_classes(self, budget: int) -> int:
-        """The part of `budget` left for the store: the budget minus what this process already holds
-        and the activations and transients of one full batch."""
+        """The part of `budget` left for the classes: the budget minus what this process already holds,
+        the activations and transients of one full batch, and classify's float64 prototype buffers."""
         from edgemeta.runtime.memory import current_rss_bytes, tensor_arena_bytes
 
         batch = self.embedder.max_batch
         arena = tensor_arena_bytes(self.embedder._interpreter, batch)
         working = batch * (105 * 105 * 9 + int(np.prod(self.embedder.preprocessing.input_shape)) * 5)
-        return budget - current_rss_bytes() - arena - working + self._store.nbytes()
+        size = self.embedder.embedding_size
+        buffers = 8 * size * RESIDENT_CLASSES + (4 * size * CLASS_BLOCK if self._store.prototype_dtype == "int8" else 0)
+        return budget - current_rss_bytes() - arena - working - buffers + self._class_bytes(self._store)
 
     def _make_room(self, enrolled: str) -> list[str]:
         """Classes to evict so the store fits its budget (raises when it cannot or may not)."""
-        if self._store_budget is None or self._store.nbytes() <= self._store_budget:
+        if self._store_budget is None or self._class_bytes(self._store) <= self._store_budget:
             return []
         if self.on_full == "error":
             raise MemoryBudgetError(
-                f"Enrolling {enrolled!r} would need {self._store.nbytes() / 2**20:.2f} MB for {len(self._store)} classes; "
+                f"Enrolling {enrolled!r} would need {self._class_bytes(self._store) / 2**20:.2f} MB for {len(self._store)} classes; "
                 f"the memory budget of {self.memory_budget / 2**20:.1f} MB leaves {self._store_budget / 2**20:.2f} MB "
                 "for classes. Nothing was changed. Forget classes, raise memory_budget, use "
                 "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
         victims, freed = [], 0
         order = self._store.by_last_use()
-        per_class = self._store.bytes_per_class(0)
+        per_class = self._store.bytes_per_class(0) + CLASSIFY_CACHE_BYTES
         for label in order:
-            if self._store.nbytes() - freed <= self._store_budget:
+            if self._class_bytes(self._store) - freed <= self._store_budget:
                 break
             if label != enrolled:
                 victims.append(label)
                 freed += per_class + sum(np.asarray(s).nbytes + 100 for s in self._store.support(label))
-        if self._store.nbytes() - freed > self._store_budget:
+        if self._class_bytes(self._store) - freed > self._store_budget:
             raise MemoryBudgetError(f"{enrolled!r} alone does not fit the memory budget. Nothing was changed.")
         if victims:
             warnings.warn(f"Memory budget: evicted the least recently used class(es) {victims}.", RuntimeWarning,

@@ -9,7 +9,9 @@ The prediction is a sum of parts, each either measured once or computed from the
 - `arena`: the interpreter's activation tensors at the batch size, from the model's op order: the
   largest set of tensors alive at once.
 - `working`: the transient arrays of one call (raw and preprocessed images, the distance matrix).
-- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`).
+- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), and what classify keeps
+  per class between calls (a squared norm, a label slot).
+- `block`: classify's float64 copy of the prototypes, kept for up to `RESIDENT_CLASSES` classes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.runtime.store import CLASS_BLOCK
+from edgemeta.runtime.store import CLASS_BLOCK, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
 
 MB = 1 << 20
 CLASSIFY_ARRAYS = 6  # (batch, classes) float64 arrays alive at once in classify: distances, logits, exp, ...
-CLASSIFY_CACHE_BYTES = 16  # per class, kept by classify between calls: a float64 norm and a slot in a label list
 RAW_IMAGE_BYTES = 105 * 105  # an Omniglot-sized grayscale uint8 photo; what `working` assumes per image
 
 
@@ -116,11 +117,11 @@ class MemoryPlan:
 
     def predict(self, classes: int) -> int:
         """Peak resident memory with `classes` enrolled classes."""
-        return self.fixed + self.block * min(classes, CLASS_BLOCK) + classes * self.per_class_peak
+        return self.fixed + self.block * min(classes, RESIDENT_CLASSES) + classes * self.per_class_peak
 
     def max_classes(self, budget_bytes: int) -> int:
         """How many classes fit in `budget_bytes` (0 when even the model does not)."""
-        room = budget_bytes - self.fixed - self.block * CLASS_BLOCK
+        room = budget_bytes - self.fixed - self.block * RESIDENT_CLASSES
         return max(0, room // self.per_class_peak)
 
     def to_dict(self) -> dict:
@@ -151,7 +152,11 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
     working = batch * (RAW_IMAGE_BYTES * (1 + 4 * 2) + input_pixels * (4 + 1) + 8 * manifest.embedding_size)
     return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena, working=working,
                       per_class=store.bytes_per_class(shots), batch=batch, runtime_measured_on=measured_on,
-                      block=2 * 8 * manifest.embedding_size)  # a block's float64 copy and its squares
+                      # classify's float64 prototypes, kept for up to RESIDENT_CLASSES classes (beyond, one
+                      # block at a time, with a block of dequantized int8 ones: 4 * CLASS_BLOCK more bytes
+                      # per dimension, spread here over RESIDENT_CLASSES classes)
+                      block=(8 + (4 * CLASS_BLOCK // RESIDENT_CLASSES if prototype_dtype == "int8" else 0))
+                      * manifest.embedding_size)
 
 
 _PROBE = r"""

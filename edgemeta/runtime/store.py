@@ -33,6 +33,8 @@ KEEP_SUPPORT = (None, "embeddings", "images")
 LABEL_BYTES = 120  # a short Python str, its list slot and its dict entry (measured: ~110-130 B)
 ROW_OBJECT_BYTES = 64  # the row's (empty) list of kept shots and its slot
 CLASS_BLOCK = 512  # prototypes compared per block in classify (bounds its temporary memory)
+RESIDENT_CLASSES = 2 * CLASS_BLOCK  # up to this many, classify keeps the float64 prototypes between calls
+CLASSIFY_CACHE_BYTES = 16  # per class, kept by classify between calls: a float64 norm and a slot in a label list
 
 
 class StoreError(ValueError):
