@@ -403,11 +403,12 @@ def main() -> None:
         cold: dict[str, list] = {name: [] for name in trees}
         load = [os.getloadavg()[0]]
         names = list(trees)
-        servers = {}
+        servers, state_dirs = {}, []
         try:
             for name in names:
                 print(f"setting up the warm measurements of {name}", flush=True)
-                state_dir = Path(tempfile.mkdtemp(dir=work))
+                state_dir = Path(tempfile.mkdtemp(dir=work))  # the state file on the disk of --out (fsync included)
+                state_dirs.append(state_dir)
                 servers[name] = _Server(trees[name], {**cfg, "state_dir": str(state_dir)})
             tasks = servers[names[0]].tasks
             rng = random.Random(0)
@@ -423,6 +424,8 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.close()
+            for state_dir in state_dirs:
+                shutil.rmtree(state_dir, ignore_errors=True)
         for i in range(args.cold_runs):
             for name in names if i % 2 == 0 else names[::-1]:
                 cold[name].append(_cold(trees[name], bundle, str(work / "cold.store"), str(work / "query.png")))
