@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Absolute, so that it still holds for processes started in another directory.
 OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
-.PHONY: venv demo demo-omniglot test bench bench-compression bench-runtime preset clean
+.PHONY: venv demo demo-omniglot test bench bench-training bench-compression bench-runtime preset clean
 
 venv: $(VENV)/.installed
 
@@ -27,12 +27,19 @@ test: venv
 
 # Real training and speed figures (minutes to an hour on 2 cores); never part of `make test`.
 bench: venv
-	$(BIN)/python benchmarks/jit_compile.py
+	$(MAKE) bench-training
 	$(BIN)/python benchmarks/omniglot_split.py --data-dir $(OMNIGLOT_DIR) --out runs/bench
 	$(BIN)/python benchmarks/learners.py --data-dir $(OMNIGLOT_DIR) --out runs/learners
 	$(BIN)/python benchmarks/maml_memory.py --out runs/learners
 	$(MAKE) bench-compression
 	$(MAKE) bench-runtime
+
+# Training speed (docs/distributed-training.md): edgemeta against learn2learn on the same episodes (a separate
+# .venv-l2l with CPU PyTorch; about 15 min), then XLA and mixed precision side by side (about 20 min on 2 cores).
+bench-training: venv
+	bash benchmarks/l2l_venv.sh
+	$(BIN)/python benchmarks/training_throughput.py --data-dir $(OMNIGLOT_DIR) --out runs/throughput
+	$(BIN)/python benchmarks/jit_compile.py --data-dir $(OMNIGLOT_DIR) --out runs/jit
 
 # The compression report (docs/compression.md): every variant of benchmarks/compression.toml on the
 # ProtoNet of the Omniglot split, trained first when runs/omniglot-split is missing (about 2.5 h on 2 cores).
@@ -51,6 +58,7 @@ clean:
 # 2000 fuzzed models, then head and open-set on the split's int8 bundle (made by bench-compression;
 # the open-set fold models train once, about 45 min each).
 bench-runtime: venv
+	$(BIN)/python benchmarks/runtime_speed.py --data-dir $(OMNIGLOT_DIR) --out runs/runtime-speed
 	$(BIN)/python benchmarks/runtime_memory.py --classes 1 1000 5000 --out runs/memory
 	$(BIN)/python benchmarks/fuzz_models.py edgemeta/presets/omniglot --cases 2000 --seed 7
 	test -f runs/compression/int8/model.tflite || $(MAKE) bench-compression
