@@ -7,24 +7,17 @@ import numpy as np
 METRICS = ("squared_euclidean", "cosine")
 
 
-def squared_distances(x: np.ndarray, prototypes: np.ndarray, x_norms: np.ndarray | None = None,
-                      prototype_norms: np.ndarray | None = None) -> np.ndarray:
-    """`(n, D)` x `(c, D)` -> `(n, c)` squared Euclidean distances (the ProtoNet metric), in float64.
-
-    `x_norms` / `prototype_norms` are `squared_norms` of the float64 arrays, when the caller keeps them
-    (classify reuses the prototypes' between calls); the result is the same bit for bit."""
+def squared_distances(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """`(n, D)` x `(c, D)` -> `(n, c)` squared Euclidean distances (the ProtoNet metric), in float64."""
     x, prototypes = np.asarray(x, np.float64), np.asarray(prototypes, np.float64)
-    if x_norms is None:
-        x_norms = squared_norms(x)
-    if prototype_norms is None:
-        prototype_norms = squared_norms(prototypes)
-    d = x_norms[:, None] - 2 * x @ prototypes.T
-    d += prototype_norms[None, :]
+    d = squared_norms(x)[:, None] - 2 * x @ prototypes.T
+    d += squared_norms(prototypes)[None, :]
     return np.maximum(d, 0.0, out=d)
 
 
 def squared_norms(x: np.ndarray) -> np.ndarray:
-    """`(n, D)` -> `(n,)` float64 squared lengths, as `squared_distances` computes them."""
+    """`(n, D)` -> `(n,)` float64 squared lengths, as `squared_distances` computes them (classify keeps
+    the prototypes' between calls)."""
     x = np.asarray(x, np.float64)
     return (x**2).sum(1)
 
