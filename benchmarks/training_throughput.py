@@ -80,6 +80,7 @@ def configure_tensorflow(threads: int):
     from edgemeta.backend import keras, tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.get_logger().setLevel("ERROR")  # every round builds a fresh model: its retracing warnings are expected
     return tf, keras
 
 
@@ -113,21 +114,19 @@ def write_episode_indices(train_set, config, path: Path) -> np.ndarray:
     return indices
 
 
-class BatchClock:
-    """Keras callback: a timestamp at the end of every training batch."""
+def batch_clock():
+    """A Keras callback that records a timestamp at the end of every training batch (in `.ends`)."""
+    from edgemeta.backend import keras
 
-    def __new__(cls):
-        from edgemeta.backend import keras
+    class BatchClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends: list[float] = []
 
-        class _Clock(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.ends: list[float] = []
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.ends.append(time.perf_counter())
-
-        return _Clock()
+    return BatchClock()
 
 
 def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -> dict:
@@ -148,7 +147,7 @@ def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -
     finally:
         keras.mixed_precision.set_global_policy(policy)
     net = build_learner(learner, backbone, **config.learner_options)
-    clock = BatchClock()
+    clock = batch_clock()
     if dataset is None:
         history = fit_episodes(net, train_set, config, [clock], verbose=0)
     else:
