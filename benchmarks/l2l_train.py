@@ -104,9 +104,9 @@ class FixedEpisodes:
 
 def protonet_step(model: nn.Module, optimizer, episodes, n_way: int, k_shot: int, memory_format, autocast: bool) -> float:
     support, _, query, query_labels = episodes.sample()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # one pass, as learn2learn's example (and edgemeta) do
         embeddings = model(torch.cat([support, query]).contiguous(memory_format=memory_format))
-    embeddings = embeddings.float()  # distances and loss in float32, as edgemeta's mixed precision keeps them  # one pass, as learn2learn's example (and edgemeta) do
+    embeddings = embeddings.float()  # distances and loss in float32, as edgemeta's mixed precision keeps them
     prototypes = embeddings[: len(support)].reshape(n_way, k_shot, -1).mean(dim=1)
     loss = F.cross_entropy(pairwise_distances_logits(embeddings[len(support) :], prototypes), query_labels)
     optimizer.zero_grad()
@@ -143,7 +143,7 @@ def run_round(args, images: torch.Tensor, labels: torch.Tensor, episode_file: np
         episodes = L2LEpisodes(images, labels, args.n_way, args.k_shot, args.n_query, args.sampler)
     else:
         episodes = FixedEpisodes(images, episode_file, args.n_way, args.k_shot, args.n_query)
-    # channels_last: PyTorch's CPU tuning advice for convnets (oneDNN's native layout), measured faster here.
+    # channels_last is PyTorch's CPU tuning advice for convnets; which layout is faster per learner: training_throughput.py.
     memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     autocast = args.precision == "bfloat16"  # the backbone in bfloat16 (torch.autocast), weights and loss float32
     if args.learner == "protonet":
