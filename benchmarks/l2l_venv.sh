@@ -69,6 +69,7 @@ EOF
 
 # learn2learn.data.utils imports requests and tqdm at module level (for downloads the benchmark never makes).
 "${PIP[@]}" install requests tqdm
+echo "(pip's complaint that learn2learn's gsutil, gym, qpth, scipy and torchvision are missing is expected: see this script's header)"
 "$VENV/bin/python" - <<'EOF'
 import torch, learn2learn
 from learn2learn.data import MetaDataset, TaskDataset
