@@ -100,8 +100,9 @@ class Learner(keras.Model):
         image_shape = tf.shape(support)[2:]
         images = tf.concat([tf.reshape(support, tf.concat([[-1], image_shape], 0)),
                             tf.reshape(query, tf.concat([[-1], image_shape], 0))], 0)
-        # Distances and losses in float32 even when the backbone computes in float16/bfloat16 (mixed precision).
-        embeddings = tf.cast(backbone(images, training=training), tf.float32)
+        embeddings = backbone(images, training=training)
+        if embeddings.dtype in (tf.float16, tf.bfloat16):  # mixed precision: distances and losses in float32
+            embeddings = tf.cast(embeddings, tf.float32)
         dim = tf.shape(embeddings)[-1]
         return (tf.reshape(embeddings[: batch * n_support], [batch, n_support, dim]),
                 tf.reshape(embeddings[batch * n_support :], [batch, n_query, dim]))

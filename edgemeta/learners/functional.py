@@ -27,13 +27,16 @@ def forward(backbone: keras.Model, weights: Sequence[tf.Tensor], images: tf.Tens
     """`backbone(images)` with `weights` (same order as `backbone.trainable_weights`) in place of its
     trainable weights. BatchNorm always uses the batch's own statistics: the transductive setting of
     the MAML paper, where each task's images are normalised together."""
-    compute = backbone.compute_dtype  # float16/bfloat16 under mixed precision; the weights stay float32
+    first = next(layer for layer in backbone.layers if layer.weights)
+    compute = first.compute_dtype  # float16/bfloat16 under mixed precision
+    exact = first.variable_dtype  # the weights' dtype (float32 then): statistics and the output use it
     x, i = tf.cast(images, compute), 0
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         n = len(layer.trainable_weights)
-        w, i = [tf.cast(v, compute) for v in weights[i : i + n]], i + n
+        own, i = list(weights[i : i + n]), i + n
+        w = [tf.cast(v, compute) for v in own]
         if isinstance(layer, keras.layers.Conv2D):
             x = tf.nn.conv2d(x, w[0], layer.strides, layer.padding.upper(), dilations=layer.dilation_rate)
             x = layer.activation(x + w[1] if layer.use_bias else x)
@@ -42,17 +45,17 @@ def forward(backbone: keras.Model, weights: Sequence[tf.Tensor], images: tf.Tens
         elif isinstance(layer, keras.layers.BatchNormalization):
             # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which leaves
             # first derivatives exact but drops a term of the second ones that MAML differentiates.
-            # Statistics in float32: float16's range is too small for sums of squares.
-            x32 = tf.cast(x, tf.float32)
+            # Statistics in the weights' dtype: float16's range is too small for sums of squares.
+            xs = tf.cast(x, exact)
             axes = list(range(len(x.shape) - 1))
-            mean = tf.reduce_mean(x32, axes)
-            variance = tf.reduce_mean(tf.square(x32 - mean), axes)
-            gamma = tf.cast(w.pop(0), tf.float32) if layer.scale else None
-            beta = tf.cast(w.pop(0), tf.float32) if layer.center else None
-            x = tf.cast(tf.nn.batch_normalization(x32, mean, variance, beta, gamma, layer.epsilon), compute)
+            mean = tf.reduce_mean(xs, axes)
+            variance = tf.reduce_mean(tf.square(xs - mean), axes)
+            gamma = tf.cast(own.pop(0), exact) if layer.scale else None
+            beta = tf.cast(own.pop(0), exact) if layer.center else None
+            x = tf.cast(tf.nn.batch_normalization(xs, mean, variance, beta, gamma, layer.epsilon), compute)
         else:
             x = layer(x)
-    return tf.cast(x, tf.float32)
+    return tf.cast(x, exact)
 
 
 def calibrate_batchnorm(backbone: keras.Model, images, batch_size: int = 256, batches: int = 20, seed: int = 0) -> None:
