@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemeta.backend import keras, tf
-from edgemeta.learners import BACKBONES, build_learner
-from edgemeta.training import TrainConfig, fit_episodes, load_split
+from edgemeta.training import TrainConfig, build_for_training, fit_episodes, load_split
 
 SETTINGS = {"float32": {}, "xla": {"jit_compile": True}, "bfloat16": {"mixed_precision": "bfloat16"},
             "float16": {"mixed_precision": "float16"}}
@@ -46,14 +45,7 @@ def steps_per_second(base: TrainConfig, setting: dict, train_set, steps: int) ->
     """Builds the learner as `train` does, fits 1 warm-up epoch (tracing, XLA compilation) and `steps` timed steps."""
     config = replace(base, steps=2 * steps, epochs=2, **setting)
     keras.utils.set_random_seed(0)
-    policy = keras.mixed_precision.global_policy()
-    try:
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-        backbone = BACKBONES["conv4"](train_set.preprocessing.input_shape)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    net = build_learner(config.learner, backbone, **config.learner_options)
+    net = build_for_training(config, train_set.preprocessing.input_shape)
     timer = StepTimes()
     fit_episodes(net, train_set, config, [timer], verbose=0)
     timed = np.diff(timer.ends[steps - 1:])  # the second epoch: warm

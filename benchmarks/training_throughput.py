@@ -133,20 +133,14 @@ def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -
     """One round of edgemeta: a fresh learner, compiled and fitted as `fit_episodes` does; episodes/s over the
     batches after the first `warmup` (their end timestamps, so tracing and the first steps are excluded).
     `dataset` replaces the episode pipeline (the profile's compute-only run)."""
+    from dataclasses import replace
+
     from edgemeta.backend import keras
-    from edgemeta.learners import build_learner, conv4
-    from edgemeta.training import fit_episodes
+    from edgemeta.training import build_for_training, fit_episodes
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
-    policy = keras.mixed_precision.global_policy()
-    try:  # as `edgemeta.training.train`: mixed precision is the backbone's; the learner's head and loss stay float32
-        if getattr(config, "mixed_precision", None):
-            keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-        backbone = conv4(train_set.preprocessing.input_shape)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    net = build_learner(learner, backbone, **config.learner_options)
+    net = build_for_training(replace(config, learner=learner), train_set.preprocessing.input_shape)
     clock = batch_clock()
     if dataset is None:
         history = fit_episodes(net, train_set, config, [clock], verbose=0)

@@ -45,7 +45,8 @@ def read_tf_config() -> dict[str, Any] | None:
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG must be JSON like {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
                          f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}}. Received: {raw!r} ({e})") from None
-    cluster, task = config.get("cluster") if isinstance(config, dict) else None, config.get("task") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not isinstance(task, dict) or task.get("type") not in cluster:
         raise ValueError("TF_CONFIG needs a 'cluster' of task lists and a 'task' {'type', 'index'} naming one of them. "
                          f"Received: {raw!r}")

@@ -105,7 +105,6 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     """
     from edgemeta.backend import keras, tf
     from edgemeta.distribute import describe
-    from edgemeta.learners import BACKBONES, build_learner
 
     out_dir = Path(out_dir)
     keras.utils.set_random_seed(config.seed)
@@ -114,25 +113,9 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     test_set = None
     if train_set is None:
         train_set, test_set = load_split(config)
-    if config.backbone not in BACKBONES:
-        raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
     strategy = tf.distribute.get_strategy()
     cluster = describe(strategy)
-    check_global_batch(config.episodes_per_batch, strategy.num_replicas_in_sync)
-    policy = keras.mixed_precision.global_policy()
-    with strategy.scope():
-        try:
-            # Mixed precision is the backbone's (where the compute is); the learner's own parts, distances and
-            # losses stay float32, and so does every weight.
-            if config.mixed_precision:
-                keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-            # Several replicas each see part of a step's episodes: BatchNorm then normalises with the statistics of
-            # all of them (synchronised), as one device would, so the result does not depend on the replica count.
-            backbone = BACKBONES[config.backbone](train_set.preprocessing.input_shape,
-                                                  synchronized_bn=strategy.num_replicas_in_sync > 1)
-        finally:
-            keras.mixed_precision.set_global_policy(policy)
-        net = build_learner(config.learner, backbone, **config.learner_options)
+    net = build_for_training(config, train_set.preprocessing.input_shape)
     start = time.time()
     history = fit_episodes(net, train_set, config, callbacks, verbose, backup_dir=backup_dir)
     net.finish_training(train_set.images)
@@ -165,6 +148,28 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
     return net, train_set, test_set
+
+
+def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
+    """`config.learner` over a fresh `config.backbone`, in the current strategy's scope, as training needs it:
+    the backbone computes in `config.mixed_precision` (the learner's own parts, distances, losses and every
+    weight stay float32), and with several replicas its BatchNorm is synchronised, so the statistics are
+    those of all of a step's episodes, as on one device."""
+    from edgemeta.backend import keras, tf
+    from edgemeta.learners import BACKBONES, build_learner
+
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
+    strategy = tf.distribute.get_strategy()
+    policy = keras.mixed_precision.global_policy()
+    with strategy.scope():
+        try:
+            if config.mixed_precision:
+                keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+            backbone = BACKBONES[config.backbone](input_shape, synchronized_bn=strategy.num_replicas_in_sync > 1)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        return build_learner(config.learner, backbone, **config.learner_options)
 
 
 def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbacks: Sequence[Any] = (),
