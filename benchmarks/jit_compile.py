@@ -25,8 +25,8 @@ import numpy as np
 from edgemeta.backend import keras, tf
 from edgemeta.training import TrainConfig, build_for_training, fit_episodes, load_split
 
-SETTINGS = {"float32": {}, "xla": {"jit_compile": True}, "bfloat16": {"mixed_precision": "bfloat16"},
-            "float16": {"mixed_precision": "float16"}}
+SETTINGS = {"float32": {"mixed_precision": "float32"}, "xla": {"jit_compile": True, "mixed_precision": "float32"},
+            "bfloat16": {"mixed_precision": "bfloat16"}, "float16": {"mixed_precision": "float16"}}
 TASKS = {"protonet": dict(learner="protonet", n_way=60, k_shot=1, n_query=5, episodes_per_batch=1),
          "maml": dict(learner="maml", learner_options={"inner_steps": 1, "inner_lr": 0.4}, n_way=5, k_shot=1, n_query=15,
                       episodes_per_batch=4)}

@@ -9,6 +9,7 @@ episodes for every learner and every way of adapting.
     python benchmarks/learners.py --data-dir ../shared/datasets/omniglot --out runs/learners
     python benchmarks/learners.py --learners maml fomaml ...   # a subset; finished runs are reused
     python benchmarks/learners.py --steps 1000 --out runs/learners-1000   # one budget for all
+    python benchmarks/learners.py --mixed-precision bfloat16 --out runs/learners-bf16   # 16-bit training
 
 Each learner trains in its own process so its peak memory (ru_maxrss) is its own.
 """
@@ -30,17 +31,18 @@ STEPS = {"protonet": 1000, "matching": 2000, "relation": 20000, "maml": 2000, "f
 TASKS = ((5, 1), (5, 5), (20, 1))
 
 
-def config_for(name: str, data_dir: str, steps: int | None = None):
+def config_for(name: str, data_dir: str, steps: int | None = None, mixed_precision: str | None = None):
     from edgemeta.pipeline import recipe_for
 
     steps = steps or STEPS[name]
-    return recipe_for("omniglot-split", name, data_dir=data_dir, steps=steps, epochs=min(10, steps), deterministic=False)
+    return recipe_for("omniglot-split", name, data_dir=data_dir, steps=steps, epochs=min(10, steps), deterministic=False,
+                      mixed_precision=mixed_precision)
 
 
-def train_child(name: str, data_dir: str, run_dir: Path, steps: int | None) -> None:
+def train_child(name: str, data_dir: str, run_dir: Path, steps: int | None, mixed_precision: str | None) -> None:
     from edgemeta.training import train
 
-    train(config_for(name, data_dir, steps), run_dir, verbose=2)
+    train(config_for(name, data_dir, steps, mixed_precision), run_dir, verbose=2)
 
 
 def finished(run_dir: Path, config) -> bool:
@@ -49,7 +51,7 @@ def finished(run_dir: Path, config) -> bool:
     if not (run_dir / "learner.weights.h5").is_file() or not (run_dir / "run.json").is_file():
         return False
     run = json.loads((run_dir / "run.json").read_text())["config"]
-    return all(run.get(k) == getattr(config, k) for k in ("steps", "n_way", "episodes_per_batch", "learner_options"))
+    return all(run.get(k) == getattr(config, k) for k in ("steps", "n_way", "episodes_per_batch", "learner_options", "mixed_precision"))
 
 
 def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes: int) -> dict:
@@ -100,18 +102,21 @@ def main() -> None:
     parser.add_argument("--learners", nargs="*", default=list(STEPS))
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--steps", type=int, help="override every learner's number of steps (e.g. a longer budget, or a quick smoke run)")
+    parser.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
+                        help="train every learner's backbone in this precision (default float32); evaluation is float32 and int8 as always")
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
     if args.train_child:
-        return train_child(args.train_child, args.data_dir, out / args.train_child / "run", args.steps)
+        return train_child(args.train_child, args.data_dir, out / args.train_child / "run", args.steps, args.mixed_precision)
     results_path = out / "learners.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in args.learners:
         run_dir = out / name / "run"
-        if not finished(run_dir, config_for(name, args.data_dir, args.steps)):
+        if not finished(run_dir, config_for(name, args.data_dir, args.steps, args.mixed_precision)):
             child = subprocess.Popen([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out), "--train-child", name]
-                                     + (["--steps", str(args.steps)] if args.steps else []))
+                                     + (["--steps", str(args.steps)] if args.steps else [])
+                                     + (["--mixed-precision", args.mixed_precision] if args.mixed_precision else []))
             _, status, usage = os.wait4(child.pid, 0)
             if os.waitstatus_to_exitcode(status) != 0:
                 sys.exit(f"training {name} failed")

