@@ -17,7 +17,10 @@ from edgemeta.checksum import sha256_file, sha256_hex
 from edgemeta.preprocessing import Preprocessing
 
 FORMAT = "edgemeta.bundle"
-FORMAT_VERSION = 1
+# A manifest is written with the oldest version that describes it, so older readers keep reading what
+# they can use and refuse what they would feed wrongly: version 2 adds `input.patches` (edgemeta.patches).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 
@@ -32,18 +35,36 @@ class Manifest:
     quantization: dict[str, Any] = field(default_factory=dict)
     model_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     # Open-set calibration (edgemeta.openset): the distance beyond which a query is "unknown". Optional,
     # so manifests written before it existed still load under format version 1.
     open_set: dict[str, Any] = field(default_factory=dict)
+    # The model takes each pixel's k x k neighbourhood as channels (edgemeta.patches), which the runtime
+    # builds from the preprocessed image; 1: the image itself.
+    input_patches: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.input_patches
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+            raise ValueError(f"input_patches must be a positive odd integer. Received: {k!r}")
+
+    @property
+    def model_input_shape(self) -> tuple[int, int, int]:
+        """The model's input per image: the preprocessed image, or its patches."""
+        from edgemeta.patches import patches_shape
+
+        return patches_shape(self.preprocessing.input_shape, self.input_patches)
 
     def to_dict(self) -> dict[str, Any]:
+        model_input = {"shape": list(self.model_input_shape), "dtype": self.quantization.get("input_dtype", "float32")}
+        if self.input_patches > 1:
+            model_input["patches"] = self.input_patches
         return {
             "format": FORMAT,
-            "format_version": self.format_version,
+            "format_version": max(self.format_version, 2 if self.input_patches > 1 else 1),
             "model_file": MODEL_FILE,
             "model_sha256": self.model_sha256,
-            "input": {"shape": list(self.preprocessing.input_shape), "dtype": self.quantization.get("input_dtype", "float32")},
+            "input": model_input,
             "preprocessing": self.preprocessing.to_dict(),
             "embedding_size": self.embedding_size,
             "metric": self.metric,
@@ -57,11 +78,12 @@ class Manifest:
         if d.get("format") != FORMAT:
             raise ValueError(f"{source} is not an edgemeta bundle manifest. Received: format={d.get('format')!r}")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"{source} has bundle format version {version!r}; this edgemeta reads version "
-                f"{FORMAT_VERSION}. Upgrade edgemeta or re-export the bundle."
+                f"{source} has bundle format version {version!r}; this edgemeta reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade edgemeta or re-export the bundle."
             )
+        patches = (d.get("input") or {}).get("patches", 1) if version >= 2 else 1
         return cls(
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
             embedding_size=int(d["embedding_size"]),
@@ -71,6 +93,7 @@ class Manifest:
             provenance=d.get("provenance", {}),
             format_version=version,
             open_set=d.get("open_set", {}),
+            input_patches=patches,
         )
 
 

@@ -181,7 +181,7 @@ def _train(args) -> None:
     # First: splitting the CPU into logical devices must precede TensorFlow's first use of a device.
     strategy = make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
     from edgemeta.pipeline import LEARNER_SETTINGS, recipe_for
-    from edgemeta.training import TrainConfig, train
+    from edgemeta.training import TrainConfig, resolve_mixed_precision, train
 
     if args.recipe:
         base = recipe_for(args.recipe, args.learner)

@@ -44,7 +44,8 @@ def test_int8_model_is_full_integer_builtins(digits_run):
 def test_manifest_records_what_the_runtime_needs(digits_run):
     manifest = json.loads((digits_run["bundles"]["int8"] / "manifest.json").read_text())
     assert manifest["format"] == "edgemeta.bundle" and manifest["format_version"] == FORMAT_VERSION
-    assert manifest["input"]["shape"] == [28, 28, 1] and manifest["embedding_size"] == 64
+    # Conv-4's first layer runs as a 1x1 convolution on each pixel's 3x3 patch (converters.tflite.patch_input).
+    assert manifest["input"] == {"shape": [28, 28, 9], "dtype": "int8", "patches": 3} and manifest["embedding_size"] == 64
     assert manifest["preprocessing"]["invert"] is False and manifest["metric"] == "squared_euclidean"
     assert len(manifest["model_sha256"]) == 64 and manifest["provenance"]["learner"] == "protonet"
 
@@ -79,3 +80,43 @@ def test_conversion_input_errors(digits_run):
 
     with pytest.raises(ValueError, match="does not match the preprocessing"):
         export_bundle(backbone, "unused", Preprocessing(32, 32, 1), "float32")
+
+
+def test_patch_input_is_the_same_function_and_only_applies_to_grayscale_convolution_chains(digits_run):
+    from converters.tflite import patch_input
+    from edgemeta.learners import conv4
+    from edgemeta.patches import image_patches
+
+    backbone = digits_run["net"].backbone
+    patched, k = patch_input(backbone)
+    assert k == 3 and patched.input_shape == (None, 28, 28, 9)
+    x = digits_run["test"].images[:32]
+    np.testing.assert_allclose(patched(image_patches(x, 3)).numpy(), backbone(x).numpy(), rtol=1e-5, atol=1e-5)
+    from edgemeta.backend import keras
+
+    inputs = keras.Input((28, 28, 1))
+    strided = keras.Model(inputs, keras.layers.Flatten()(keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)))
+    for other in (conv4((28, 28, 3), filters=8), strided):
+        assert patch_input(other) == (other, 1)  # RGB (not measured) and a strided convolution stay as they are
+
+
+def test_bundles_without_patches_still_load_and_agree(digits_run, tmp_path):
+    """A format-1 bundle (the model takes the image, as every bundle before patches did) runs as before."""
+    from edgemeta.bundle import Manifest, write_bundle
+
+    backbone, train = digits_run["net"].backbone, digits_run["train"]
+    plain = to_tflite(backbone, "float32")
+    write_bundle(tmp_path / "v1", plain, Manifest(train.preprocessing, 64))
+    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == 1
+    x = digits_run["test"].images[:16]
+    np.testing.assert_allclose(Embedder.from_bundle(tmp_path / "v1").embed_preprocessed(x),
+                               Embedder.from_bundle(digits_run["bundles"]["float32"]).embed_preprocessed(x), rtol=1e-4, atol=1e-4)
+    # The patched model under a manifest that does not say so is refused before it runs.
+    patched = (digits_run["bundles"]["float32"] / "model.tflite").read_bytes()
+    write_bundle(tmp_path / "lying", patched, Manifest(train.preprocessing, 64))
+    from edgemeta.runtime.verify import ModelVerificationError
+
+    with pytest.raises(ModelVerificationError, match=r"the input must be \(batch, \*\(28, 28, 1\)\).*Received: input shape \[1, 28, 28, 9\]"):
+        Embedder.from_bundle(tmp_path / "lying")
+    with pytest.raises(ValueError, match="input_patches must be a positive odd integer. Received: 2"):
+        Manifest(train.preprocessing, 64, input_patches=2)

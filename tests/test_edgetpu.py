@@ -26,11 +26,14 @@ def _run(interpreter, x: np.ndarray) -> np.ndarray:
 
 
 def _int8_images(digits_run, n: int = 1) -> np.ndarray:
-    """n test images, quantized the way the int8 bundle's input expects."""
+    """n test images as the int8 bundle's model takes them: quantized, then as 3x3 patches."""
+    from edgemeta.patches import image_patches
+
     _, manifest = read_bundle(digits_run["bundles"]["int8"])
     q = manifest.quantization["input"]
     x = digits_run["test"].images[:n].astype(np.float32)
-    return np.clip(np.round(x / q["scale"] + q["zero_point"]), -128, 127).astype(np.int8)
+    x = np.clip(np.round(x / q["scale"] + q["zero_point"]), -128, 127).astype(np.int8)
+    return image_patches(x, manifest.input_patches, q["zero_point"])
 
 
 def test_int8_bundle_needs_only_a_static_batch(digits_run):
@@ -51,8 +54,8 @@ def test_static_batch_copy_is_compatible_and_computes_the_same(digits_run):
     assert report.compatible and report.problems == [] and not report.dynamic_batch
     cpu = make_interpreter(str(path))
     batch1 = make_interpreter(model_content=fixed)
-    assert list(cpu.get_input_details()[0]["shape_signature"]) == [-1, 28, 28, 1]
-    assert list(batch1.get_input_details()[0]["shape_signature"]) == [1, 28, 28, 1]
+    assert list(cpu.get_input_details()[0]["shape_signature"]) == [-1, 28, 28, 9]  # 3x3 patches (edgemeta.patches)
+    assert list(batch1.get_input_details()[0]["shape_signature"]) == [1, 28, 28, 9]
     x = _int8_images(digits_run)
     np.testing.assert_array_equal(_run(batch1, x), _run(cpu, x))
 

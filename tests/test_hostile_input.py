@@ -180,8 +180,8 @@ def test_probe_reports_a_crash_or_a_hang_of_the_child():
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        ({"height": 32, "width": 32}, "Received: input shape [1, 28, 28, 1]"),
-        ({"channels": 3}, "Received: input shape [1, 28, 28, 1]"),
+        ({"height": 32, "width": 32}, "Received: input shape [1, 28, 28, 9]"),
+        ({"channels": 3}, "Received: input shape [1, 28, 28, 9]"),
     ],
 )
 def test_model_that_does_not_fit_its_manifest_is_refused(int8_bundle, model_bytes, tmp_path, changes, fragment):
@@ -199,7 +199,7 @@ def test_manifest_dtype_and_embedding_size_are_checked(int8_bundle, model_bytes)
     with pytest.raises(ModelVerificationError, match="input dtype float32. Received: input dtype int8"):
         verify_model(model_bytes, float_manifest, probe=False)
     info = verify_model(model_bytes, manifest)
-    assert info.inputs[0].shape == (1, 28, 28, 1) and info.outputs[0].dtype == "int8"
+    assert info.inputs[0].shape == (1, 28, 28, 9) and info.outputs[0].dtype == "int8"  # 3x3 patches
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, blank_with_square
+from edgemeta.patches import image_patches
 from edgemeta.preprocessing import Preprocessing
 from edgemeta.runtime import Embedder, FewShotAdapter
 from edgemeta.runtime.metric import for_metric, squared_distances
@@ -83,6 +84,8 @@ def test_embedder_quantization_buffers_match_the_formula():
         x[0, 0, 0, 0] = (0.5 - zero_point) * scale  # a value whose quantization lands on a half
         expected = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
         assert np.array_equal(embedder._quantize(x), expected)
+        # The preset takes 3x3 patches: the kept buffers give what the plain function gives.
+        assert np.array_equal(embedder._model_input(x), image_patches(expected, 3, zero_point))
     # A batch and its images one by one agree, and the float64 input (the plain formula) agrees too.
     x = np.clip(rng.random((6, 28, 28, 1), dtype=np.float32), 0, 1)
     batch = embedder.embed_preprocessed(x)

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgemeta.bundle import MODEL_FILE, Manifest, read_manifest
 from edgemeta.checksum import sha256_hex
+from edgemeta.patches import PatchBuffer
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify import ModelInfo, verify_model
 
@@ -67,6 +68,7 @@ class Embedder:
         # one lookup instead of two passes of ufuncs, the same bits.
         self._out_table = _dequantize_table(*self._output["quantization"]) if self._output["dtype"] == np.int8 else None
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # float32 and int8 input of the batch size
+        self._patches: PatchBuffer | None = None  # the model's input when it takes patches (manifest.input_patches)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, num_threads: int | None = None, delegate: str | None = None,
@@ -146,13 +148,10 @@ class Embedder:
             interp = self._interpreter
             if self._batch != batch:
                 if not self._static_batch:
-                    interp.resize_tensor_input(self._in_index, [batch, *x.shape[1:]])
+                    interp.resize_tensor_input(self._in_index, [batch, *self.manifest.model_input_shape])
                 interp.allocate_tensors()
-                self._batch, self._scratch = batch, None
-            if self._in_quant is not None:
-                interp.set_tensor(self._in_index, self._quantize(x))
-            else:
-                interp.set_tensor(self._in_index, x.astype(self._in_dtype, copy=False))
+                self._batch, self._scratch, self._patches = batch, None, None
+            interp.set_tensor(self._in_index, self._model_input(x))
             interp.invoke()
             y = interp.get_tensor(self._out_index)  # a copy: the next invoke cannot change it
         if self._out_table is not None:
@@ -161,16 +160,36 @@ class Embedder:
             y = y.astype(np.float32)
         return y.reshape(batch, -1)[:n]
 
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        """`clip(round(x / scale + zero_point), -128, 127)` as int8 (the input tensor's quantization).
-        float32 input (what preprocessing gives) goes through buffers kept for the batch size; other
-        dtypes take the plain expression, whose intermediate dtypes differ."""
+    def _model_input(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed images -> the model's input tensor: quantized for an int8 model, and as k x k
+        patches (kept buffers; the border is the model's 0.0) for a model that takes them."""
+        k = self.manifest.input_patches
+        if k == 1:
+            return self._quantize(x) if self._in_quant is not None else x.astype(self._in_dtype, copy=False)
+        if self._patches is None or self._patches.shape != x.shape:
+            zero = self._in_quant[1] if self._in_quant is not None else 0  # 0.0 quantized is the zero point
+            self._patches = PatchBuffer(x.shape, k, self._in_dtype, zero)
+        if self._in_quant is not None:
+            self._quantize(x, out=self._patches.interior)
+        else:
+            np.copyto(self._patches.interior, x, casting="unsafe")
+        return self._patches.fill()
+
+    def _quantize(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """`clip(round(x / scale + zero_point), -128, 127)` as int8 (the input tensor's quantization),
+        into `out` if given. float32 input (what preprocessing gives) goes through buffers kept for the
+        batch size; other dtypes take the plain expression, whose intermediate dtypes differ."""
         scale, zero_point = self._in_quant
         if x.dtype != np.float32:
-            return np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+            plain = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+            if out is None:
+                return plain
+            out[...] = plain
+            return out
         if self._scratch is None or self._scratch[0].shape != x.shape:
             self._scratch = (np.empty(x.shape, np.float32), np.empty(x.shape, np.int8))
-        buffer, out = self._scratch
+        buffer, scratch_out = self._scratch
+        out = scratch_out if out is None else out
         np.divide(x, scale, out=buffer)
         np.add(buffer, zero_point, out=buffer)
         np.rint(buffer, out=buffer)  # np.round to 0 decimals is rint: halves to even

@@ -1,0 +1,55 @@
+"""Each pixel's k x k neighbourhood as channels: the model input of bundles whose first convolution runs as a 1x1 one.
+
+A k x k 'same' convolution over C channels is the same function as a 1x1 convolution over the image's
+patches: k*k*C channels per pixel, in (row offset, column offset, channel) order, zero beyond the border.
+On one channel (a grayscale image) the second is what int8 kernels run fast: XNNPACK's int8 convolution
+pays per pixel and kernel tap, and a tap of one channel does almost no work for that price. The
+converter exports such models (`converters.tflite.patch_input`) and the runtime builds the patches
+(`PatchBuffer`). numpy only: the board uses it.
+
+Example:
+    >>> x = np.arange(4, dtype=np.float32).reshape(1, 2, 2, 1)
+    >>> image_patches(x, 3)[0, 0, 0].tolist()  # pixel (0, 0): its 3x3 neighbourhood, zero outside
+    [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 3.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def patches_shape(image_shape: tuple[int, int, int], k: int) -> tuple[int, int, int]:
+    """(H, W, C) -> (H, W, k*k*C): the model input shape for patches of size `k` (1: the image itself)."""
+    h, w, c = image_shape
+    return (h, w, k * k * c)
+
+
+def image_patches(images: np.ndarray, k: int, pad_value: float | int = 0) -> np.ndarray:
+    """(n, H, W, C) -> (n, H, W, k*k*C), beyond the border `pad_value` (a plain copy, e.g. for calibration)."""
+    buffer = PatchBuffer(images.shape, k, images.dtype, pad_value)
+    buffer.interior[...] = images
+    return buffer.fill()
+
+
+class PatchBuffer:
+    """Buffers kept for one batch shape: write the images into `interior`, then `fill()` returns the
+    patches. A padded copy plus one strided copy per call, no allocation: what the runtime's per-image
+    latency allows."""
+
+    def __init__(self, shape: tuple[int, int, int, int], k: int, dtype, pad_value: float | int = 0) -> None:
+        if not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"patch size must be a positive odd integer. Received: {k!r}")
+        n, h, w, c = shape
+        p = k // 2
+        self.shape = tuple(shape)
+        self.padded = np.full((n, h + 2 * p, w + 2 * p, c), pad_value, dtype)  # the border stays pad_value
+        self.interior = self.padded[:, p : p + h, p : p + w, :]
+        sn, sh, sw, sc = self.padded.strides
+        self._windows = np.lib.stride_tricks.as_strided(
+            self.padded, shape=(n, h, w, k, k, c), strides=(sn, sh, sw, sh, sw, sc), writeable=False)
+        self.patches = np.empty((n, h, w, k * k * c), dtype)
+        self._patches6 = self.patches.reshape(n, h, w, k, k, c)
+
+    def fill(self) -> np.ndarray:
+        np.copyto(self._patches6, self._windows)
+        return self.patches
