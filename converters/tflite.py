@@ -123,15 +123,17 @@ def patch_input(model) -> tuple[Any, int]:
 def export_bundle(model, directory: str | Path, preprocessing: Preprocessing, quantization: str = "int8",
                   representative_images: np.ndarray | None = None, metric: str = "squared_euclidean",
                   provenance: dict[str, Any] | None = None) -> Path:
-    """Converts `model` and writes `directory/model.tflite` + `directory/manifest.json`. A model whose
-    first layer is a k x k convolution on a grayscale image is exported taking the image's patches
+    """Converts `model` and writes `directory/model.tflite` + `directory/manifest.json`. In int8, a model
+    whose first layer is a k x k convolution on a grayscale image is exported taking the image's patches
     (`patch_input`; the manifest's `input_patches`, which the runtime builds)."""
     if tuple(model.input_shape[1:]) != preprocessing.input_shape:
         raise ValueError(
             f"The model's input shape {tuple(model.input_shape[1:])} does not match the preprocessing's "
             f"{preprocessing.input_shape}."
         )
-    converted, k = patch_input(model)
+    # Patches pay only where XNNPACK's int8 kernels waste the one-channel taps: for float32 the gather costs
+    # more than the 1x1 convolution saves (docs/runtime.md, "Speed").
+    converted, k = patch_input(model) if quantization == "int8" else (model, 1)
     model_bytes = to_tflite(converted, quantization, representative_images, input_patches=k)
     quant = {"scheme": SCHEMES[quantization], **_tensor_quantization(model_bytes)}
     manifest = Manifest(

@@ -101,19 +101,24 @@ def test_patch_input_is_the_same_function_and_only_applies_to_grayscale_convolut
 
 
 def test_bundles_without_patches_still_load_and_agree(digits_run, tmp_path):
-    """A format-1 bundle (the model takes the image, as every bundle before patches did) runs as before."""
+    """A format-1 int8 bundle (the model takes the image, as every bundle before patches did) runs as before,
+    and agrees with the patched export of the same model; float32 exports take the image."""
     from edgemeta.bundle import Manifest, write_bundle
 
     backbone, train = digits_run["net"].backbone, digits_run["train"]
-    plain = to_tflite(backbone, "float32")
-    write_bundle(tmp_path / "v1", plain, Manifest(train.preprocessing, 64))
+    _, manifest = read_bundle(digits_run["bundles"]["int8"])
+    write_bundle(tmp_path / "v1", to_tflite(backbone, "int8", train.images),
+                 Manifest(train.preprocessing, 64, quantization=manifest.quantization))
     assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == 1
-    x = digits_run["test"].images[:16]
-    np.testing.assert_allclose(Embedder.from_bundle(tmp_path / "v1").embed_preprocessed(x),
-                               Embedder.from_bundle(digits_run["bundles"]["float32"]).embed_preprocessed(x), rtol=1e-4, atol=1e-4)
+    x = digits_run["test"].images[:64]
+    old, new = (Embedder.from_bundle(b).embed_preprocessed(x) for b in (tmp_path / "v1", digits_run["bundles"]["int8"]))
+    cosine = (old * new).sum(1) / np.linalg.norm(old, axis=1) / np.linalg.norm(new, axis=1)
+    assert cosine.min() > 0.999
+    float_manifest = json.loads((digits_run["bundles"]["float32"] / "manifest.json").read_text())
+    assert float_manifest["format_version"] == 1 and float_manifest["input"] == {"shape": [28, 28, 1], "dtype": "float32"}
     # The patched model under a manifest that does not say so is refused before it runs.
-    patched = (digits_run["bundles"]["float32"] / "model.tflite").read_bytes()
-    write_bundle(tmp_path / "lying", patched, Manifest(train.preprocessing, 64))
+    patched = (digits_run["bundles"]["int8"] / "model.tflite").read_bytes()
+    write_bundle(tmp_path / "lying", patched, Manifest(train.preprocessing, 64, quantization=manifest.quantization))
     from edgemeta.runtime.verify import ModelVerificationError
 
     with pytest.raises(ModelVerificationError, match=r"the input must be \(batch, \*\(28, 28, 1\)\).*Received: input shape \[1, 28, 28, 9\]"):
