@@ -280,8 +280,9 @@ def report(result: dict) -> str:
     lines = ["# Training throughput: edgemeta against learn2learn", "",
              f"Measured {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
              f"{result['threads']} intra-op threads on both sides; precision ({result['precision']['requested']}): "
-             f"edgemeta {result['precision']['edgemeta']}, learn2learn {result['precision']['learn2learn']} "
-             "(mixed: the backbone computes in bfloat16, weights, distances and loss stay float32); "
+             f"edgemeta {result['precision']['edgemeta']}, learn2learn {result['precision']['learn2learn']}"
+             + (" (mixed: the backbone computes in bfloat16, weights, distances and loss stay float32)"
+                if "mixed" in result['precision']['edgemeta'] + result['precision']['learn2learn'] else "") + "; "
              f"PyTorch layout {result['l2l_memory_format']}; load average (1, 5, 15 min) before/after "
              f"{result['load_before']} / {result['load_after']}.", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.", "",
