@@ -23,8 +23,8 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":  # pragma: no cover - guards a user
 
 def amx_bfloat16_cpu() -> bool:
     """True when TensorFlow sees no GPU and the CPU has AMX-BF16 tiles (Intel Xeon 4th generation and
-    later): oneDNN then runs bfloat16 convolutions and matmuls on AMX, 3.1x faster than float32 for a
-    Conv-4 ProtoNet step (benchmarks/jit_compile.py)."""
+    later): oneDNN then runs bfloat16 convolutions and matmuls on AMX. A Conv-4 ProtoNet step ran
+    1.7-3.1x faster than in float32 here (benchmarks/learners.py, benchmarks/jit_compile.py)."""
     if tf.config.list_physical_devices("GPU"):
         return False
     try:

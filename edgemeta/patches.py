@@ -34,7 +34,8 @@ def image_patches(images: np.ndarray, k: int, pad_value: float | int = 0) -> np.
 class PatchBuffer:
     """Buffers kept for one batch shape: write the images into `interior`, then `fill()` returns the
     patches. One gather per call through an index kept for one image (8 bytes per patch value of one
-    image), no allocation: 6 us for a 28x28 image here, where copying the strided window view took 14."""
+    image), no allocation: about 12 us for a 28x28 int8 image here (a copy of the strided window view
+    took 13.5), however many images the batch holds."""
 
     def __init__(self, shape: tuple[int, int, int, int], k: int, dtype, pad_value: float | int = 0) -> None:
         if not isinstance(k, int) or k < 1 or k % 2 == 0:

@@ -73,7 +73,8 @@ def resolve_mixed_precision(config: TrainConfig) -> str | None:
     """The 16-bit type `config`'s backbone computes in, or None for float32.
 
     "auto" is bfloat16 on a CPU with AMX-BF16 and no GPU (`backend.amx_bfloat16_cpu`): there ProtoNet's
-    training step runs 3.1x faster at the same held-out accuracy (docs/benchmarks-training.md has both).
+    training ran 1.7-3.1x faster, and ProtoNet, Matching and MAML reached the same held-out accuracy
+    (docs/distributed-training.md has both).
     Elsewhere, and for `deterministic` runs (whose float32 result must not depend on the CPU they ran on,
     e.g. the shipped preset's), "auto" is float32. GPU users choose float16 or bfloat16 themselves.
     """
