@@ -67,21 +67,27 @@ class TrainConfig:
 
 
 MIXED_PRECISIONS = ("auto", "float32", "float16", "bfloat16", None)
+# The learners whose held-out accuracy was measured the same in mixed bfloat16 as in float32
+# (benchmarks/learners.py --mixed-precision bfloat16; docs/distributed-training.md). "auto" keeps the others float32.
+BFLOAT16_CHECKED = ("protonet", "matching", "maml")
 
 
 def resolve_mixed_precision(config: TrainConfig) -> str | None:
     """The 16-bit type `config`'s backbone computes in, or None for float32.
 
-    "auto" is bfloat16 on a CPU with AMX-BF16 and no GPU (`backend.amx_bfloat16_cpu`): there ProtoNet's
-    training ran 1.7-3.1x faster, and ProtoNet, Matching and MAML reached the same held-out accuracy
-    (docs/distributed-training.md has both).
-    Elsewhere, and for `deterministic` runs (whose float32 result must not depend on the CPU they ran on,
-    e.g. the shipped preset's), "auto" is float32. GPU users choose float16 or bfloat16 themselves.
+    "auto" is bfloat16 for the learners in `BFLOAT16_CHECKED` on a CPU with AMX-BF16 and no GPU
+    (`backend.amx_bfloat16_cpu`): there ProtoNet's training ran 1.7-3.1x faster, and ProtoNet, Matching
+    and MAML reached the same held-out accuracy (docs/distributed-training.md has both). Elsewhere, for
+    the other learners and for `deterministic` runs (whose float32 result must not depend on the CPU
+    they ran on, e.g. the shipped preset's), "auto" is float32. GPU users choose float16 or bfloat16
+    themselves.
     """
     if config.mixed_precision == "auto":
+        if config.deterministic or config.learner not in BFLOAT16_CHECKED:
+            return None
         from edgemeta.backend import amx_bfloat16_cpu
 
-        return "bfloat16" if not config.deterministic and amx_bfloat16_cpu() else None
+        return "bfloat16" if amx_bfloat16_cpu() else None
     return None if config.mixed_precision == "float32" else config.mixed_precision
 
 

@@ -90,7 +90,7 @@ def test_bfloat16_training_learns_and_saves_a_float32_model(tmp_path):
         TrainConfig(mixed_precision="fp8")
 
 
-def test_auto_precision_is_bfloat16_only_on_amx_cpus_and_never_for_deterministic_runs(monkeypatch):
+def test_auto_precision_is_bfloat16_only_on_amx_cpus_for_checked_learners_and_never_for_deterministic_runs(monkeypatch):
     import edgemeta.backend
 
     monkeypatch.setattr(edgemeta.backend, "amx_bfloat16_cpu", lambda: True)
@@ -98,6 +98,9 @@ def test_auto_precision_is_bfloat16_only_on_amx_cpus_and_never_for_deterministic
     assert resolve_mixed_precision(TrainConfig(deterministic=True)) is None  # the preset's float32 must not depend on the CPU
     assert resolve_mixed_precision(TrainConfig(mixed_precision="float32")) is None
     assert resolve_mixed_precision(TrainConfig(mixed_precision=None)) is None  # runs saved before "auto" existed
+    assert resolve_mixed_precision(TrainConfig(learner="maml")) == "bfloat16"
+    assert resolve_mixed_precision(TrainConfig(learner="relation")) is None  # its bfloat16 accuracy was not measured
+    assert resolve_mixed_precision(TrainConfig(learner="relation", mixed_precision="bfloat16")) == "bfloat16"
     monkeypatch.setattr(edgemeta.backend, "amx_bfloat16_cpu", lambda: False)
     assert resolve_mixed_precision(TrainConfig()) is None
     assert resolve_mixed_precision(TrainConfig(mixed_precision="float16")) == "float16"
