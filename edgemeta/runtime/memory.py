@@ -149,13 +149,15 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
         runtime_bytes, measured_on = runtime_overhead_bytes(bundle)
     input_pixels = int(np.prod(manifest.preprocessing.input_shape))
     # Raw uint8 images, their float copies while preprocessing, the float input, and the int8 copy;
-    # with patches, the padded image and its patches in the model's input dtype.
+    # with patches, the padded image and its patches in the model's input dtype, and the gather index of
+    # one image (8 bytes per patch value).
     working = batch * (RAW_IMAGE_BYTES * (1 + 4 * 2) + input_pixels * (4 + 1) + 8 * manifest.embedding_size)
     if manifest.input_patches > 1:
         h, w, c = manifest.preprocessing.input_shape
         itemsize = np.dtype(manifest.quantization.get("input_dtype", "float32")).itemsize
         pad = manifest.input_patches - 1
-        working += batch * itemsize * ((h + pad) * (w + pad) * c + int(np.prod(manifest.model_input_shape)))
+        patch_values = int(np.prod(manifest.model_input_shape))
+        working += batch * itemsize * ((h + pad) * (w + pad) * c + patch_values) + 8 * patch_values
     return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena, working=working,
                       per_class=store.bytes_per_class(shots), batch=batch, runtime_measured_on=measured_on,
                       # classify's float64 prototypes, kept for up to RESIDENT_CLASSES classes (beyond, one
