@@ -498,6 +498,7 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
+                self.server.release_slot()  # before the last bytes: a client that has its answer finds it free
                 self.wfile.write(data)
             except OSError as e:  # the client went away
                 _log(f"{self.client_address[0]}: could not send the response ({e})")
@@ -538,6 +539,7 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
         def __init__(self, address: tuple, family: int, max_connections: int) -> None:
             self.address_family = family
             self._slots = threading.BoundedSemaphore(max_connections)
+            self._holds_slot = threading.local()  # each connection's thread: is its slot still taken?
             self._active = 0
             self._idle = threading.Condition()
             super().__init__(address, Handler)
@@ -561,12 +563,24 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
+            self._holds_slot.value = True  # taken for this connection by process_request
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                self._done()
+                self.release_slot()
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
 
-        def _done(self) -> None:
+        def release_slot(self) -> None:
+            """Frees the calling connection's slot, once. The handler calls it as its answer goes out: had it
+            waited for the thread's end, a client that reconnects as soon as it has read its answer would
+            find its own finished connection still counted, and get 503."""
+            if getattr(self._holds_slot, "value", False):
+                self._holds_slot.value = False
+                self._slots.release()
+
+        def _done(self) -> None:  # the connection's thread could not start
             self._slots.release()
             with self._idle:
                 self._active -= 1
