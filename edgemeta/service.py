@@ -498,7 +498,8 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.server.release_slot()  # before the last bytes: a client that has its answer finds it free
+                if not self._unread:  # a connection that still drains an upload keeps its slot until it ends
+                    self.server.release_slot()  # before the last bytes: a client with its answer finds it free
                 self.wfile.write(data)
             except OSError as e:  # the client went away
                 _log(f"{self.client_address[0]}: could not send the response ({e})")
