@@ -63,11 +63,28 @@ def test_enrolling_past_the_budget_raises_and_changes_nothing(digits_run, tmp_pa
     assert "Nothing was changed" in str(info.value) and "memory budget" in str(info.value)
     full = adapter.labels
     assert 10 < len(full) < 40, len(full)  # ~1.5 MB left for classes of ~56 KB
-    saved = state.read_bytes()
+    saved, held = state.read_bytes(), adapter.store.nbytes()
     with pytest.raises(MemoryBudgetError):
         adapter.enroll("one-more", shots)
-    assert adapter.labels == full and state.read_bytes() == saved
+    assert adapter.labels == full and state.read_bytes() == saved and adapter.store.nbytes() == held
     assert adapter.store.nbytes() <= adapter._store_budget
+
+
+def test_a_refused_enrollment_gives_back_the_rows_it_grew(digits_run, tmp_path):
+    """A new class at a full store grows its arrays; undoing the class must free them again, or each
+    refusal at the budget's edge would leave the store over it (CI caught 901776 > 901212 bytes)."""
+    state = tmp_path / "board" / "taught.store"
+    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], state=state)
+    image = blank_with_square(lo=10, hi=60)
+    while not adapter.labels or len(adapter.labels) < adapter.store.capacity:
+        adapter.enroll(f"c{len(adapter.labels)}", image)
+    full, held = adapter.labels, (adapter.store.nbytes(), adapter.store.capacity)
+    state.unlink()
+    state.parent.rmdir()
+    state.parent.write_text("a file where the state's folder was: the next save fails")
+    with pytest.raises(OSError):
+        adapter.enroll("one-more", image)
+    assert adapter.labels == full and (adapter.store.nbytes(), adapter.store.capacity) == held
 
 
 def test_evict_mode_forgets_the_least_recently_used_class(digits_run):

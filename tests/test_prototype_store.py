@@ -131,6 +131,18 @@ def test_int8_prototypes_keep_the_running_mean_within_quantization_error():
     np.testing.assert_allclose(exact.prototypes()[1][0], shots.mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_shrink_to_frees_spare_rows_and_never_a_class():
+    store = _store(16, seed=3)
+    rows, nbytes = store.capacity, store.nbytes()
+    store.add("seventeenth", np.ones((1, 64)))
+    assert store.capacity > rows and store.nbytes() > nbytes
+    store.remove("seventeenth")
+    store.shrink_to(rows)
+    assert (store.capacity, store.nbytes()) == (rows, nbytes)
+    store.shrink_to(0)  # asks for less than the classes need: they all stay
+    assert store.capacity == len(store) == 16 and _same(store, _store(16, seed=3))
+
+
 def test_kept_support_round_trips(tmp_path):
     store = PrototypeStore(8, SHA, keep_support="images")
     store.add("a", np.ones((2, 8)), [np.zeros((5, 6), np.uint8), np.full((7, 4, 3), 9, np.uint8)])

@@ -171,7 +171,7 @@ class FewShotAdapter:
             embeddings = self.embedder.embed(images)
         embeddings = for_metric(embeddings.astype(np.float64), self.metric)
         with self._lock:
-            before = {label: self._store.snapshot(label)}
+            before, capacity = {label: self._store.snapshot(label)}, self._store.capacity
             count = self._store.add(label, embeddings, raw)
             try:
                 for evicted in self._make_room(label):
@@ -180,6 +180,7 @@ class FewShotAdapter:
                 self._persist()
             except BaseException:
                 self._undo(before)
+                self._store.shrink_to(capacity)  # the rows the refused class grew would leave it over budget
                 raise
             self._head = None
             return count

@@ -200,6 +200,18 @@ class PrototypeStore:
         del self._index[label]  # the row past the end is spare capacity now
         self._version += 1
 
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (classes plus spare rows), which `nbytes` counts."""
+        return len(self._means)
+
+    def shrink_to(self, capacity: int) -> None:
+        """Frees the spare rows beyond `capacity` (never a class's): what an undone change gives back."""
+        keep = max(capacity, len(self._labels))
+        if keep < len(self._means):  # copies, so that the longer arrays are freed, not kept alive as bases
+            self._means, self._scales = self._means[:keep].copy(), self._scales[:keep].copy()
+            self._counts, self._last_used = self._counts[:keep].copy(), self._last_used[:keep].copy()
+
     def snapshot(self, label: str) -> _Row | None:
         """`label`'s row as it is now (None when absent), for `restore`."""
         if label not in self._index:
