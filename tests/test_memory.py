@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -99,7 +100,25 @@ def test_evict_mode_forgets_the_least_recently_used_class(digits_run):
                 adapter.store.touch(["c0"])  # c0 is in use: it must survive
     labels = adapter.labels
     assert "c59" in labels and "c0" in labels and "c1" not in labels
-    assert adapter.store.nbytes() <= adapter._store_budget
+    assert adapter._class_bytes(adapter.store) <= adapter._store_budget
+
+
+def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digits_run):
+    """Without kept shots a class is its array row and its label. Evicting one frees the label but
+    leaves the row as a spare (arrays do not shrink on remove), so counting the row as freed let the
+    store creep over its budget, by a row per eviction."""
+    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], max_batch=1, on_full="evict",
+                                         memory_budget=current_rss_bytes() + 2 * MB)
+    fits = adapter._store_budget // adapter.store.bytes_per_class(0)
+    assert 100 < fits < 20_000, fits
+    image, over = blank_with_square(lo=10, hi=60), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an eviction warning per enrollment past the budget
+        for c in range(int(fits * 1.3)):
+            adapter.enroll(f"c{c}", image)
+            if adapter._class_bytes(adapter.store) > adapter._store_budget:
+                over.append(c)
+    assert len(adapter.labels) < fits * 1.3 and not over, f"over the budget after {len(over)} enrollments"
 
 
 @pytest.mark.parametrize("budget, fragment", [("lots", "Received: 'lots'"), (-5, "Received: -5"), ("0MB", "Received: '0MB'")])

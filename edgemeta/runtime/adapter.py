@@ -15,7 +15,8 @@ import numpy as np
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.metric import for_metric, squared_norms
-from edgemeta.runtime.store import CLASS_BLOCK, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES, PrototypeStore, StoreError
+from edgemeta.runtime.store import (CLASS_BLOCK, CLASSIFY_CACHE_BYTES, LABEL_BYTES, RESIDENT_CLASSES, ROW_OBJECT_BYTES,
+                                    PrototypeStore, StoreError)
 
 ON_FULL = ("error", "evict")
 
@@ -174,9 +175,15 @@ class FewShotAdapter:
             before, capacity = {label: self._store.snapshot(label)}, self._store.capacity
             count = self._store.add(label, embeddings, raw)
             try:
-                for evicted in self._make_room(label):
-                    before.setdefault(evicted, self._store.snapshot(evicted))
-                    self._store.remove(evicted)
+                evicted = self._make_room(label, capacity)
+                for victim in evicted:
+                    before.setdefault(victim, self._store.snapshot(victim))
+                    self._store.remove(victim)
+                if evicted:
+                    self._store.shrink_to(capacity)  # the evicted rows take back what the new class grew
+                    if self._class_bytes(self._store) > self._store_budget:  # a safety net: _make_room's sum is exact
+                        raise MemoryBudgetError(f"Evicting {evicted} left {self._class_bytes(self._store)} bytes "
+                                                f"for classes, over {self._store_budget}. Nothing was changed.")
                 self._persist()
             except BaseException:
                 self._undo(before)
@@ -358,8 +365,9 @@ class FewShotAdapter:
         buffers = 8 * size * RESIDENT_CLASSES + (4 * size * CLASS_BLOCK if self._store.prototype_dtype == "int8" else 0)
         return budget - current_rss_bytes() - arena - working - buffers + self._class_bytes(self._store)
 
-    def _make_room(self, enrolled: str) -> list[str]:
-        """Classes to evict so the store fits its budget (raises when it cannot or may not)."""
+    def _make_room(self, enrolled: str, capacity: int) -> list[str]:
+        """Classes to evict so the store fits its budget (raises when it cannot or may not). `capacity`:
+        the store's rows before `enrolled` was added; evicting gives back the rows it grew, no others."""
         if self._store_budget is None or self._class_bytes(self._store) <= self._store_budget:
             return []
         if self.on_full == "error":
@@ -370,13 +378,14 @@ class FewShotAdapter:
                 "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
         victims, freed = [], 0
         order = self._store.by_last_use()
-        per_class = self._store.bytes_per_class(0) + CLASSIFY_CACHE_BYTES
+        per_class = LABEL_BYTES + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES  # its array row stays, as a spare
+        grown = (self._store.capacity - capacity) * self._store.row_bytes  # freed by shrink_to(capacity)
         for label in order:
             if self._class_bytes(self._store) - freed <= self._store_budget:
                 break
             if label != enrolled:
                 victims.append(label)
-                freed += per_class + sum(np.asarray(s).nbytes + 100 for s in self._store.support(label))
+                freed += (grown if len(victims) == 1 else 0) + per_class + self._store.support_bytes(label)
         if self._class_bytes(self._store) - freed > self._store_budget:
             raise MemoryBudgetError(f"{enrolled!r} alone does not fit the memory budget. Nothing was changed.")
         if victims:

@@ -130,6 +130,10 @@ class PrototypeStore:
         """The kept shots of `label` (embeddings or images, per `keep_support`)."""
         return list(self._support[self._row(label)])
 
+    def support_bytes(self, label: str) -> int:
+        """What `label`'s kept shots take, as `nbytes` counts them."""
+        return sum(_shot_bytes(s) for s in self._support[self._row(label)])
+
     def by_last_use(self) -> list[str]:
         """Labels from the least to the most recently used."""
         order = np.argsort(self._last_used[: len(self._labels)], kind="stable")
@@ -152,15 +156,19 @@ class PrototypeStore:
 
     def nbytes(self) -> int:
         """Bytes the store holds in memory: arrays, labels and kept support data."""
-        support = sum(np.asarray(s).nbytes + 100 for shots in self._support for s in shots)
+        support = sum(_shot_bytes(s) for shots in self._support for s in shots)
         arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
         return arrays + (LABEL_BYTES + ROW_OBJECT_BYTES) * len(self._labels) + support
 
     def bytes_per_class(self, shots: int = 5, image_bytes: int = 105 * 105) -> int:
         """Memory one more class with `shots` shots takes in this store (what the planner multiplies)."""
         per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": image_bytes + 100}[self.keep_support]
-        return (np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8 + LABEL_BYTES
-                + ROW_OBJECT_BYTES + shots * per_shot)
+        return self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row of the arrays (prototype, scale, count, last use), a class's or a spare one."""
+        return np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8
 
     # -- changing (each returns what `undo` needs) ----------------------------------------------
     def add(self, label: str, embeddings: np.ndarray, support: list[Any] | None = None) -> int:
@@ -369,3 +377,7 @@ def _unflatten_support(rows: np.ndarray, shapes: np.ndarray, data: np.ndarray) -
             offset, k = offset + size, k + 1
         out.append(shots)
     return out
+
+
+def _shot_bytes(shot: Any) -> int:
+    return np.asarray(shot).nbytes + 100  # the array and its object header
