@@ -559,8 +559,9 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 self._active += 1
             try:
                 super().process_request(request, client_address)
-            except BaseException:
-                self._done()
+            except BaseException:  # the connection's thread could not start
+                self._slots.release()
+                self._finished()
                 raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -569,9 +570,7 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 super().process_request_thread(request, client_address)
             finally:
                 self.release_slot()
-                with self._idle:
-                    self._active -= 1
-                    self._idle.notify_all()
+                self._finished()
 
         def release_slot(self) -> None:
             """Frees the calling connection's slot, once. The handler calls it as its answer goes out: had it
@@ -581,8 +580,7 @@ def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_
                 self._holds_slot.value = False
                 self._slots.release()
 
-        def _done(self) -> None:  # the connection's thread could not start
-            self._slots.release()
+        def _finished(self) -> None:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()

@@ -170,6 +170,11 @@ class PrototypeStore:
         """Bytes of one row of the arrays (prototype, scale, count, last use), a class's or a spare one."""
         return np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8
 
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (classes plus spare rows), which `nbytes` counts."""
+        return len(self._means)
+
     # -- changing (each returns what `undo` needs) ----------------------------------------------
     def add(self, label: str, embeddings: np.ndarray, support: list[Any] | None = None) -> int:
         """Adds `embeddings` `(n, D)` as shots of `label`; returns the class's shot count."""
@@ -207,11 +212,6 @@ class PrototypeStore:
         self._labels.pop(), self._support.pop()
         del self._index[label]  # the row past the end is spare capacity now
         self._version += 1
-
-    @property
-    def capacity(self) -> int:
-        """Rows allocated (classes plus spare rows), which `nbytes` counts."""
-        return len(self._means)
 
     def shrink_to(self, capacity: int) -> None:
         """Frees the spare rows beyond `capacity` (never a class's): what an undone change gives back."""
