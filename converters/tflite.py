@@ -9,7 +9,7 @@ import numpy as np
 
 from edgemeta.backend import keras, tf
 from edgemeta.bundle import Manifest, write_bundle
-from edgemeta.patches import image_patches
+from edgemeta.patches import image_patches, patches_shape
 from edgemeta.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
 
@@ -109,8 +109,6 @@ def patch_input(model) -> tuple[Any, int]:
         chain = False
     if not chain:
         return model, 1
-    from edgemeta.patches import patches_shape
-
     inputs = keras.Input(patches_shape(shape, k), name=layers[0].name)
     conv = keras.layers.Conv2D.from_config({**config, "kernel_size": (1, 1), "padding": "valid"})
     x = conv(inputs)

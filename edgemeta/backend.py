@@ -4,6 +4,7 @@ TensorFlow Model Optimization works only with tf_keras, so every model is built 
 exported here. Moving to Keras 3 later is a change to this file alone.
 """
 
+import functools
 import os
 
 # Must be set before TensorFlow is first imported, or `tf.keras` resolves to Keras 3.
@@ -21,6 +22,7 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":  # pragma: no cover - guards a user
 
 
 
+@functools.cache  # the machine does not change within a process: one read of /proc/cpuinfo
 def amx_bfloat16_cpu() -> bool:
     """True when TensorFlow sees no GPU and the CPU has AMX-BF16 tiles (Intel Xeon 4th generation and
     later): oneDNN then runs bfloat16 convolutions and matmuls on AMX. A Conv-4 ProtoNet step ran
