@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from edgemeta.data import ImageClassDataset, load_digits, load_omniglot
-from edgemeta.data.episodes import EpisodeSampler
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.head import SoftmaxHead
-from edgemeta.runtime.metric import for_metric, squared_distances
-from edgemeta.training import OMNIGLOT_TEST
+from edgemeta.runtime.prototypes import for_metric, squared_distances
+from edgemeta.train.training import OMNIGLOT_TEST
 
 TASKS = ((5, 1), (5, 5), (20, 5))
 # (name, SoftmaxHead.fit / from_prototypes keywords); every head uses the library defaults otherwise.

@@ -1,6 +1,6 @@
 """Do XLA (`jit_compile`) and mixed precision speed up meta-training here? Measured side by side.
 
-Times training steps of real learners through `edgemeta.training.fit_episodes` (the path `edgemeta train`
+Times training steps of real learners through `edgemeta.train.training.fit_episodes` (the path `edgemeta train`
 takes, tf.data episode pipeline included) in four settings: plain float32, XLA, bfloat16 and float16
 mixed precision, interleaved over rounds after a warm-up epoch, on Omniglot-shaped episodes (digits
 images resized to 28x28 when Omniglot is not given). Writes markdown and JSON.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.backend import keras, tf
-from edgemeta.training import TrainConfig, build_for_training, fit_episodes, load_split
+from edgemeta.train.backend import keras, tf
+from edgemeta.train.training import TrainConfig, build_for_training, fit_episodes, load_split
 
 SETTINGS = {"float32": {"mixed_precision": "float32"}, "xla": {"jit_compile": True, "mixed_precision": "float32"},
             "bfloat16": {"mixed_precision": "bfloat16"}, "float16": {"mixed_precision": "float16"}}

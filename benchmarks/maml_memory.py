@@ -18,8 +18,8 @@ from pathlib import Path
 CHILD = """
 import resource, sys
 import numpy as np
-from edgemeta.backend import keras
-from edgemeta.learners import build_learner, conv4
+from edgemeta.train.backend import keras
+from edgemeta.train.learners import build_learner, conv4
 name, steps = sys.argv[1], int(sys.argv[2])
 keras.utils.set_random_seed(0)
 learner = build_learner(name, conv4(), inner_steps=steps)

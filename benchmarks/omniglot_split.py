@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from converters import export_bundle
-from edgemeta.data.episodes import EpisodeSampler
-from edgemeta.evaluation import evaluate_adapter, evaluate_keras
-from edgemeta.pipeline import RECIPES, per_image_latency_ms
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras
+from edgemeta.train.pipeline import RECIPES, per_image_latency_ms
 from edgemeta.runtime import Embedder, FewShotAdapter
-from edgemeta.training import TrainConfig, load_run, load_split, train
+from edgemeta.train.training import TrainConfig, load_run, load_split, train
 
 
 def lake_protocol(make_adapter, test_set, runs: int = 20, way: int = 20, seed: int = 0) -> dict:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.openset import calibrate_open_set, calibrate_training_set, drop_rotated_copies, unknown_rate
+from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, drop_rotated_copies, unknown_rate
 from edgemeta.runtime import Embedder
-from edgemeta.runtime.metric import squared_distances
-from edgemeta.runtime.openset_threshold import threshold_for
-from edgemeta.training import TrainConfig, load_split
+from edgemeta.runtime.prototypes import squared_distances
+from edgemeta.runtime.threshold import threshold_for
+from edgemeta.train.training import TrainConfig, load_split
 
 TARGETS = (0.01, 0.05, 0.10)
 SETTINGS = ((5, 1), (20, 1), (50, 1), (5, 5), (20, 5), (50, 5))
@@ -101,8 +101,8 @@ def train_fold(directory: Path, fit_groups, val_groups, data_dir: str | None, st
     if (directory / "int8" / "manifest.json").is_file():
         return directory / "int8"
     from converters import export_bundle
-    from edgemeta.pipeline import RECIPES
-    from edgemeta.training import train
+    from edgemeta.train.pipeline import RECIPES
+    from edgemeta.train.training import train
 
     config = replace(RECIPES["omniglot-split"], data_dir=data_dir, train_groups=tuple(fit_groups),
                      test_groups=tuple(val_groups), steps=steps, epochs=5, deterministic=False)

@@ -235,8 +235,8 @@ print(json.dumps({"done": t_done, "start": t_imports, "imports_s": t_loaded_impo
 EXPORT = r"""
 import json, sys
 from converters.tflite import export_bundle
-from edgemeta.preprocessing import Preprocessing
-from edgemeta.training import load_run
+from edgemeta.format.preprocessing import Preprocessing
+from edgemeta.train.training import load_run
 model, info = load_run(sys.argv[1])
 export_bundle(model, sys.argv[2], Preprocessing.from_dict(info["preprocessing"]), "float32",
               metric=info.get("metric", "squared_euclidean"),

@@ -2,7 +2,7 @@
 
 Same CPU, same thread count, same preprocessed Omniglot images (the 5 training alphabets of the fixed split
 at 28x28), same Conv-4, same episode shapes and optimizer. edgemeta trains in this process exactly as
-`edgemeta.training.fit_episodes` does (its tf.data `EpisodeSampler` pipeline included); learn2learn trains
+`edgemeta.train.training.fit_episodes` does (its tf.data `EpisodeSampler` pipeline included); learn2learn trains
 in `.venv-l2l` (made by benchmarks/l2l_venv.sh) through benchmarks/l2l_train.py, once with its own input
 pipeline (`MetaDataset` + `TaskDataset` transforms) and once on edgemeta's exact episodes gathered by index.
 Rounds are interleaved (edgemeta, learn2learn, learn2learn by index, then the next round), so all sides see
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 L2L_SCRIPT = ROOT / "benchmarks" / "l2l_train.py"
 # The two settings. ProtoNet: the 60-way episodes edgemeta's Omniglot recipe trains on. MAML: the setting
-# edgemeta's learner benchmark trains it with (edgemeta.pipeline.LEARNER_SETTINGS: 5-way 1-shot 5-query
+# edgemeta's learner benchmark trains it with (edgemeta.train.pipeline.LEARNER_SETTINGS: 5-way 1-shot 5-query
 # tasks, 8 per meta-batch, 1 second-order inner step of 0.4), Finn et al.'s Omniglot inner step.
 SETTINGS = {
     "protonet": {"n_way": 60, "k_shot": 1, "n_query": 5, "meta_batch": 1, "learning_rate": 1e-3, "options": {}},
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configure_tensorflow(threads: int):
     """Imports TensorFlow with `threads` intra-op threads (must happen before TF runs anything)."""
-    from edgemeta.backend import keras, tf
+    from edgemeta.train.backend import keras, tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.get_logger().setLevel("ERROR")  # every round builds a fresh model: its retracing warnings are expected
@@ -87,7 +87,7 @@ def configure_tensorflow(threads: int):
 
 
 def config_for(learner: str, data_dir: str, total_steps: int, precision: str = "default"):
-    from edgemeta.training import TrainConfig
+    from edgemeta.train.training import TrainConfig
 
     s = SETTINGS[learner]
     return TrainConfig(dataset="omniglot", data_dir=data_dir, image_size=28, learner=learner, learner_options=s["options"],
@@ -102,7 +102,7 @@ def l2l_precision(precision: str) -> str:
 
 def write_episode_indices(train_set, config, path: Path) -> np.ndarray:
     """Writes edgemeta's first episodes as indices: row i = episode i's class-major support, then query."""
-    from edgemeta.data.episodes import EpisodeSampler
+    from edgemeta.train.episodes import EpisodeSampler
 
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     count = config.steps * config.episodes_per_batch
@@ -122,7 +122,7 @@ def write_episode_indices(train_set, config, path: Path) -> np.ndarray:
 
 def batch_clock():
     """A Keras callback that records a timestamp at the end of every training batch (in `.ends`)."""
-    from edgemeta.backend import keras
+    from edgemeta.train.backend import keras
 
     class BatchClock(keras.callbacks.Callback):
         def __init__(self):
@@ -141,8 +141,8 @@ def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -
     `dataset` replaces the episode pipeline (the profile's compute-only run)."""
     from dataclasses import replace
 
-    from edgemeta.backend import keras
-    from edgemeta.training import build_for_training, fit_episodes
+    from edgemeta.train.backend import keras
+    from edgemeta.train.training import build_for_training, fit_episodes
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
@@ -161,7 +161,7 @@ def edgemeta_round(learner: str, train_set, config, warmup: int, dataset=None) -
 
 def fit_episodes_on(net, dataset, config, clock) -> None:
     """`fit_episodes`' compile and fit on a given dataset (the profile's fixed-episode run)."""
-    from edgemeta.backend import keras
+    from edgemeta.train.backend import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps, alpha=0.01)
     net.compile(optimizer=net.make_optimizer(schedule), loss=net.episode_loss(),
@@ -200,8 +200,8 @@ def spread(values: list[float]) -> dict:
 def profile_edgemeta_protonet(train_set, config, warmup: int, trace_dir: Path, pairs: int = 2) -> dict:
     """Where edgemeta's ProtoNet step spends its time: the tf.data pipeline alone, the training step alone
     (one cached episode repeated), and the TensorFlow ops of a traced training run."""
-    from edgemeta.backend import tf
-    from edgemeta.data.episodes import EpisodeSampler
+    from edgemeta.train.backend import tf
+    from edgemeta.train.episodes import EpisodeSampler
 
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     it = iter(sampler.episodes(1))
@@ -332,7 +332,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     tf, keras = configure_tensorflow(args.threads)
     from edgemeta import __version__ as edgemeta_version
-    from edgemeta.training import load_split, resolve_mixed_precision
+    from edgemeta.train.training import load_split, resolve_mixed_precision
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

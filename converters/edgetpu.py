@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.bundle import MODEL_FILE, read_bundle, update_provenance
+from edgemeta.format.bundle import MODEL_FILE, read_bundle, update_provenance
 from edgemeta.runtime.interpreter import make_interpreter
 
 COMPILER = "edgetpu_compiler"

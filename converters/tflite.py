@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.backend import keras, tf
-from edgemeta.bundle import Manifest, write_bundle
-from edgemeta.patches import image_patches, patches_shape
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.train.backend import keras, tf
+from edgemeta.format.bundle import Manifest, write_bundle
+from edgemeta.format.patches import image_patches, patches_shape
+from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
 
 # Post-training modes. int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8: int16
@@ -82,7 +82,7 @@ def _tensor_quantization(model_bytes: bytes) -> dict[str, Any]:
 
 
 def patch_input(model) -> tuple[Any, int]:
-    """`model` rebuilt to take each pixel's k x k neighbourhood as channels (`edgemeta.patches`), with its
+    """`model` rebuilt to take each pixel's k x k neighbourhood as channels (`edgemeta.format.patches`), with its
     first layer, a k x k stride-1 'same' convolution on a one-channel image, as a 1x1 convolution on them:
     the same function, the same trained layers. Returns `(model, k)`, or `(model, 1)` unchanged when the
     model is not such a chain of layers.

@@ -13,7 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 prefix=/opt/edgemeta
 package=edgemeta            # or a wheel built on the workstation: ./edgemeta-0.1.0-py3-none-any.whl
 python=python3
-device=""                   # a profile name (devices/*.json); detected from the board's model when empty
+device=""                   # a profile name (edgemeta/profiles/*.json); detected from the board's model when empty
 service=1
 dry_run=0
 bits=""                     # the target Python's word size; --bits is for testing the 32-bit branch elsewhere
@@ -81,8 +81,9 @@ if [ -z "$device" ]; then
         *) device=raspberry-pi-4; echo "warning: board model not recognised (${model:-unknown}); using the raspberry-pi-4 profile (--device to choose)" >&2 ;;
     esac
 fi
-profile_json="$here/$device.json"
-[ -f "$profile_json" ] || die "unknown device profile. Received: --device $device (expected a profile in $here)"
+profiles=$(cd "$here/../edgemeta/profiles" 2>/dev/null && pwd) || die "no edgemeta/profiles next to $here: run this script from an edgemeta checkout"
+profile_json="$profiles/$device.json"
+[ -f "$profile_json" ] || die "unknown device profile. Received: --device $device (expected a profile in $profiles)"
 # The profile's own setup field says which script installs it (Coral boards: setup-coral.sh).
 read -r budget setup_script < <("$python" -c 'import json, sys; p = json.load(open(sys.argv[1])); print(p["memory_budget_mb"], p["setup"])' "$profile_json")
 [ "$setup_script" = "$caller" ] || die "profile $device is installed by $setup_script. Received: --device $device"

@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters import export_bundle
-from edgemeta.data.episodes import EpisodeSampler
-from edgemeta.evaluation import evaluate_adapter, evaluate_keras
-from edgemeta.pipeline import RECIPES
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras
+from edgemeta.train.pipeline import RECIPES
 from edgemeta.runtime import FewShotAdapter
-from edgemeta.training import train
+from edgemeta.train.training import train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data-dir", help="directory with the Omniglot zips (default: download to ~/.cache)")

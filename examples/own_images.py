@@ -13,7 +13,7 @@ from pathlib import Path
 from converters import export_bundle
 from edgemeta.data.folder import list_image_folder
 from edgemeta.runtime import FewShotAdapter
-from edgemeta.training import TrainConfig, train
+from edgemeta.train.training import TrainConfig, train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--train", required=True, help="folder of base classes to meta-train on")

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
+from tests.harness import ROOT
 
 
 def run_example(name, *args, cwd):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemeta.backend import keras
+from edgemeta.train.backend import keras
 from edgemeta.compress.pruning import PRUNABLE, copy_model
 
 

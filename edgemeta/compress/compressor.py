@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgemeta import __version__
-from edgemeta.backend import keras
+from edgemeta.train.backend import keras
 from edgemeta.compress.recipe import CompressionRecipe
 
 STUDENT_FILE = "student.json"
@@ -29,7 +29,7 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
     """
     from converters import export_bundle
     from edgemeta.compress.report import measure_bundle
-    from edgemeta.training import load_run, load_split
+    from edgemeta.train.training import load_run, load_split
 
     start = time.time()
     backbone, run = load_run(run_dir)  # only the embedding is compressed; a learner's own weights are not needed
@@ -99,7 +99,7 @@ def distil(teacher, train_set, config, recipe: CompressionRecipe, cache_dir: Pat
     """Trains (or reuses from `cache_dir`) a Conv-4 student `recipe.distill_width` times as wide as the
     teacher, depthwise-separable with `recipe.separable`, by `Distiller` on the run's episodes."""
     from edgemeta.compress.distillation import Distiller
-    from edgemeta.learners import conv4
+    from edgemeta.train.learners import conv4
 
     blocks = sum(isinstance(layer, keras.layers.MaxPool2D) for layer in teacher.layers)
     teacher_filters = [layer.filters for layer in teacher.layers if isinstance(layer, keras.layers.Conv2D)][-1]
@@ -130,9 +130,9 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
     `episodes=0`: the bundles only, for runs without held-out classes)."""
     from converters import to_tflite
     from edgemeta.compress.report import feasible_tasks, side_by_side_latency_ms, write_report
-    from edgemeta.data.episodes import EpisodeSampler
-    from edgemeta.evaluation import evaluate_keras
-    from edgemeta.training import load_run, load_split
+    from edgemeta.train.episodes import EpisodeSampler
+    from edgemeta.train.evaluation import evaluate_keras
+    from edgemeta.train.training import load_run, load_split
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
 def _finished_variants(out_dir: Path, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Rows of an earlier report in `out_dir` for the same run and episodes whose bundle is still there:
     a long report resumes after a crash instead of re-training what it had finished."""
-    from edgemeta.bundle import MANIFEST_FILE
+    from edgemeta.format.bundle import MANIFEST_FILE
 
     path = out_dir / "report.json"
     if not path.is_file():
@@ -187,7 +187,7 @@ def _student_dir(out_dir: Path, recipe: CompressionRecipe) -> Path | None:
 
 
 def _run_config(run: dict[str, Any], data_dir: str | None):
-    from edgemeta.training import TrainConfig
+    from edgemeta.train.training import TrainConfig
 
     return TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
 
@@ -199,7 +199,7 @@ def _tuning_config(config, steps: int, learning_rate: float):
 
 
 def _fit(model, train_set, config, callbacks, verbose, learner=None):
-    from edgemeta.learners import build_learner
-    from edgemeta.training import fit_episodes
+    from edgemeta.train.learners import build_learner
+    from edgemeta.train.training import fit_episodes
 
     return fit_episodes(learner or build_learner("protonet", model), train_set, config, callbacks, verbose)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edgemeta.backend import keras, tf
-from edgemeta.learners.base import Learner
-from edgemeta.learners.protonet import prototypes, squared_distances
+from edgemeta.train.backend import keras, tf
+from edgemeta.train.learners.base import Learner
+from edgemeta.train.learners.protonet import prototypes, squared_distances
 
 
 def relative_distances(embeddings: tf.Tensor) -> tf.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemeta.backend import keras
+from edgemeta.train.backend import keras
 
 PRUNABLE = (keras.layers.Conv2D, keras.layers.Dense)  # also covers the pointwise convs of separable students
 

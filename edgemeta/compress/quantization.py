@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgemeta.backend import keras
+from edgemeta.train.backend import keras
 
 
 def quantize_for_training(model: keras.Model, preserve_sparsity: bool = False, preserve_clusters: bool = False) -> keras.Model:

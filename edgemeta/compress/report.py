@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgemeta.backend import keras
-from edgemeta.bundle import MODEL_FILE
+from edgemeta.train.backend import keras
+from edgemeta.format.bundle import MODEL_FILE
 
 TASKS = ((5, 1), (20, 1))
 
@@ -37,9 +37,9 @@ def measure_bundle(model: keras.Model, bundle: str | Path, test_set, episodes: i
     quantization (for parameters, multiply-accumulates and sparsity); accuracy and latency are measured
     through the runtime on `bundle`, on held-out `test_set` episodes, one interpreter thread."""
     from edgemeta.compress.pruning import kernel_sparsity
-    from edgemeta.data.episodes import EpisodeSampler
-    from edgemeta.evaluation import evaluate_adapter
-    from edgemeta.pipeline import per_image_latency_ms
+    from edgemeta.train.episodes import EpisodeSampler
+    from edgemeta.train.evaluation import evaluate_adapter
+    from edgemeta.train.pipeline import per_image_latency_ms
     from edgemeta.runtime import Embedder, FewShotAdapter
 
     model_bytes = (Path(bundle) / MODEL_FILE).read_bytes()

@@ -1,4 +1,4 @@
-"""Datasets as in-memory labelled image sets (TensorFlow-free); episodes live in `edgemeta.data.episodes`."""
+"""Datasets as in-memory labelled image sets (TensorFlow-free); episodes live in `edgemeta.train.episodes`."""
 
 from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.data.digits import load_digits

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.format.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgemeta.data.dataset import ImageClassDataset, from_raw
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.format.preprocessing import Preprocessing
 
 # Digits are bright ink on a dark background already: no inversion.
 PREPROCESSING = Preprocessing(height=28, width=28, channels=1, invert=False, resample="bilinear")

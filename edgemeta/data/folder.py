@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from edgemeta.data.dataset import ImageClassDataset, from_raw
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.format.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

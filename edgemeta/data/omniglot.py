@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from edgemeta.data.dataset import ImageClassDataset, from_raw
-from edgemeta.preprocessing import Preprocessing
+from edgemeta.format.preprocessing import Preprocessing
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 # md5s of the official files (github.com/brendenlake/omniglot, python/).

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgemeta.presets import preset_path
 from edgemeta.runtime.embedder import Embedder
-from edgemeta.runtime.metric import for_metric, squared_norms
+from edgemeta.runtime.prototypes import for_metric, squared_norms
 from edgemeta.runtime.store import (CLASS_BLOCK, CLASSIFY_CACHE_BYTES, LABEL_BYTES, RESIDENT_CLASSES, ROW_OBJECT_BYTES,
                                     PrototypeStore, StoreError)
 
@@ -126,7 +126,7 @@ class FewShotAdapter:
                    **options: Any) -> "FewShotAdapter":
         """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate and
         its memory budget (each overridable through `options`)."""
-        from edgemeta.devices import load_profile
+        from edgemeta.profiles import load_profile
 
         profile = load_profile(device)
         options.setdefault("memory_budget", profile.budget_bytes)
@@ -164,7 +164,7 @@ class FewShotAdapter:
             raise ValueError(f"label must be a non-empty string. Received: {label!r}")
         raw = None
         if self._store.keep_support == "images":
-            from edgemeta.preprocessing import as_image_list
+            from edgemeta.format.preprocessing import as_image_list
 
             raw = [_raw_uint8(image) for image in as_image_list(images)]
             embeddings = self.embedder.embed(raw)
@@ -341,7 +341,7 @@ class FewShotAdapter:
         raise ValueError(f"unknown_threshold must be 'calibrated', a distance >= 0 or None. Received: {value!r}")
 
     def _threshold_for_classes(self, n_classes: int) -> float:
-        from edgemeta.runtime.openset_threshold import threshold_for
+        from edgemeta.runtime.threshold import threshold_for
 
         key = (n_classes, min(self._store.median_count(), 10))  # the typical class's shots
         if key not in self._threshold_cache:
@@ -404,7 +404,7 @@ class FewShotAdapter:
 
 def _raw_uint8(image: Any) -> np.ndarray:
     """An image as the uint8 pixels a new model's preprocessing can start from again."""
-    from edgemeta.preprocessing import _load, _to_unit_float
+    from edgemeta.format.preprocessing import _load, _to_unit_float
 
     array = _load(image)
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.bundle import MODEL_FILE, Manifest, read_manifest
-from edgemeta.checksum import sha256_hex
-from edgemeta.patches import PatchBuffer
+from edgemeta.format.bundle import MODEL_FILE, Manifest, read_manifest
+from edgemeta.format.checksum import sha256_hex
+from edgemeta.format.patches import PatchBuffer
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify import ModelInfo, verify_model
 

@@ -31,7 +31,7 @@ def _finite_matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
 
 
 class SoftmaxHead:
-    """Linear softmax classifier over metric-mapped embeddings (`edgemeta.runtime.metric.for_metric`).
+    """Linear softmax classifier over metric-mapped embeddings (`edgemeta.runtime.prototypes.for_metric`).
 
     Built from prototypes it *is* the nearest-prototype classifier: with squared Euclidean distance,
     -||x - p_c||^2 = 2 p_c.x - ||p_c||^2 - ||x||^2, and the last term is the same for every class, so

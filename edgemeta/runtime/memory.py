@@ -132,7 +132,7 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
                 keep_support: str | None = None, runtime_bytes: int | None = None) -> MemoryPlan:
     """The `MemoryPlan` of an adapter on `bundle` that embeds up to `batch` images per call and whose
     classes have `shots` shots. `runtime_bytes` defaults to this machine's measured runtime overhead."""
-    from edgemeta.bundle import read_bundle
+    from edgemeta.format.bundle import read_bundle
     from edgemeta.runtime.interpreter import interpreter_class
     from edgemeta.runtime.store import PrototypeStore
 
@@ -182,7 +182,7 @@ def runtime_overhead_bytes(bundle: str | os.PathLike, refresh: bool = False) -> 
     """Resident memory of the runtime itself (interpreter library included), measured once per machine
     in a fresh process that loads `bundle` and embeds one image, minus that bundle's model and batch-1
     arena. Cached in `$XDG_CACHE_HOME/edgemeta/runtime-overhead.json`; returns `(bytes, machine)`."""
-    from edgemeta.bundle import read_bundle
+    from edgemeta.format.bundle import read_bundle
     from edgemeta.runtime.interpreter import interpreter_class
 
     machine = f"{platform.machine()} {platform.system()} Python {platform.python_version()} {interpreter_class()[1]}"

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.atomic import atomic_write, remove_stale_temporaries
-from edgemeta.checksum import sha256
+from edgemeta.format.atomic import atomic_write, remove_stale_temporaries
+from edgemeta.format.checksum import sha256
 
 FORMAT_VERSION = 2
 MAGIC = b"EMSTORE\x00"

@@ -1,0 +1,232 @@
+"""Open-set rejection: calibrates, through a bundle, the nearest-prototype distance beyond which a query is "unknown"."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edgemeta.runtime.embedder import Embedder
+from edgemeta.runtime.prototypes import for_metric, squared_distances
+from edgemeta.runtime.threshold import threshold_for
+
+# Shot counts the per-class impostor table is tabulated for (threshold_for interpolates in 1/k).
+TABLE_SHOTS = (1, 2, 5, 10)
+TABLE_POINTS = 33
+
+
+def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset, target_false_accept: float = 0.05,
+                       n_way: int = 20, k_shot: int = 1, episodes: int = 300, seed: int = 0, n_query: int = 5,
+                       within_group: bool = True) -> dict[str, Any]:
+    """Calibrates the open-set threshold of a bundle on `dataset` (an `ImageClassDataset` of classes
+    the bundle may have been trained on; see `drop_rotated_copies`).
+
+    Each episode enrolls `n_way` classes with `k_shot` shots (a prototype = mean of the metric-mapped
+    shot embeddings, as `FewShotAdapter` computes it) and measures the nearest-prototype distance of
+    never-enrolled queries (impostors: images of the dataset's other classes) and of `n_query` new
+    images of each enrolled class (genuine). `threshold` is the `target_false_accept` quantile of the
+    impostor distances: that fraction of never-enrolled queries would still be accepted.
+
+    With `within_group`, an episode's classes and impostors come from one group (Omniglot: one
+    alphabet) — the hardest impostors, characters of the same script. Embeddings come from the bundle
+    through the runtime, so int8 effects are included; each image is embedded once.
+
+    Besides the fixed threshold (valid for `n_way` classes of `k_shot` shots), returns
+    `impostor_quantiles`: the distribution of an impostor's distance to ONE prototype, for
+    `edgemeta.runtime.threshold.threshold_for` to derive the threshold for other class counts.
+    """
+    check_target(target_false_accept)
+    embedder = _embedder(bundle_or_embedder)
+    ks = sorted({int(k_shot), *TABLE_SHOTS})
+    sampler = _Episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=max(ks))
+    # Classes too small for the larger table shot counts just leave those counts out of the table.
+    ks = [k for k in ks if k <= sampler.max_shots]
+    metric = embedder.manifest.metric
+    x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
+    nearest_impostor, nearest_genuine, per_class = [], [], {k: [] for k in ks}
+    with _one_blas_thread():
+        for shots, genuine, impostors in sampler:
+            queries = np.concatenate([impostors, genuine])
+            for k in ks:
+                d = prototype_distances(x, shots[:, :k], queries, metric)
+                per_class[k].append(d[: len(impostors)].ravel())
+                if k == k_shot:
+                    nearest_impostor.append(d[: len(impostors)].min(1))
+                    nearest_genuine.append(d[len(impostors) :].min(1))
+    nearest_impostor, nearest_genuine = np.concatenate(nearest_impostor), np.concatenate(nearest_genuine)
+    threshold = float(np.quantile(nearest_impostor, target_false_accept))
+    samples = {k: np.concatenate(v) for k, v in per_class.items()}
+    n = min(len(v) for v in samples.values())
+    # Down to the rarest quantile the samples still pin down (~20 below it), up to the median.
+    probabilities = np.geomspace(max(20.0 / n, 1e-7), 0.5, TABLE_POINTS)
+    return {
+        "threshold": round(threshold, 5),
+        "target_false_accept": float(target_false_accept),
+        "n_way": sampler.n_way,
+        "k_shot": int(k_shot),
+        "episodes": int(episodes),
+        "metric": metric,
+        "within_group": bool(within_group),
+        "false_reject_rate": round(float(np.mean(nearest_genuine > threshold)), 5),
+        "calibrated_on": sampler.description,
+        "impostor_quantiles": {
+            "probabilities": [float(f"{p:.6g}") for p in probabilities],
+            "distances": {str(k): [round(float(d), 5) for d in np.quantile(samples[k], probabilities)] for k in ks},
+            "samples_per_shot_count": int(n),
+            "model": "per-class distance distribution F; threshold for N classes = F^-1(1 - (1 - target)^(1/N))",
+        },
+    }
+
+
+def calibrate_training_set(bundle_or_embedder: str | os.PathLike | Embedder, train_set, target_false_accept: float = 0.05,
+                           n_way: int = 20, k_shot: int = 1, episodes: int = 300, seed: int = 0) -> dict[str, Any]:
+    """What `export_run` stores: `calibrate_open_set` on a run's own training classes, upright only
+    (`drop_rotated_copies`), with impostors from the enrolled classes' group, and `n_way` lowered to
+    fit the data (one class fewer than the largest group, so some class is never enrolled)."""
+    check_target(target_false_accept)
+    upright = drop_rotated_copies(train_set)
+    largest_group = max(upright.groups.count(g) for g in set(upright.groups))
+    if largest_group < 2:
+        raise ValueError(f"Open-set calibration needs a group with at least 2 classes. Received: {upright!r}")
+    return calibrate_open_set(bundle_or_embedder, upright, target_false_accept, min(n_way, largest_group - 1), k_shot,
+                              episodes, seed, within_group=True)
+
+
+def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, threshold: float | dict[str, Any],
+                 n_way: int = 20, k_shot: int = 1, episodes: int = 300, seed: int = 1, n_query: int = 5,
+                 within_group: bool = False) -> dict[str, Any]:
+    """Measures, on `dataset` (classes the calibration never saw), what `threshold` does: the fraction
+    of never-enrolled queries called unknown, and for queries of enrolled classes the false-reject rate
+    and accuracy. `threshold` is a distance, or a calibration dict (a manifest's `open_set`), in which
+    case `threshold_for(open_set, n_way, k_shot=k_shot)` picks the distance for this episode setting.
+    The 95 % intervals are over episodes (queries of one episode share its prototypes)."""
+    embedder = _embedder(bundle_or_embedder)
+    if isinstance(threshold, dict):
+        threshold = threshold_for(threshold, n_way, k_shot=k_shot)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a non-negative distance or an open_set dict. Received: {threshold!r}")
+    sampler = _Episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=k_shot)
+    metric = embedder.manifest.metric
+    x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
+    rejected, false_reject, correct, correct_accepted = [], [], [], []
+    truth = np.repeat(np.arange(sampler.n_way), n_query)
+    with _one_blas_thread():
+        for shots, genuine, impostors in sampler:
+            d = prototype_distances(x, shots, np.concatenate([impostors, genuine]), metric)
+            di, dg = d[: len(impostors)], d[len(impostors) :]
+            rejected.append(di.min(1) > threshold)
+            accepted = dg.min(1) <= threshold
+            right = dg.argmin(1) == truth
+            false_reject.append(~accepted)
+            correct.append(right)
+            correct_accepted.append(right & accepted)
+
+    def rate(parts: list[np.ndarray]) -> tuple[float, float]:
+        per_episode = np.array([p.mean() for p in parts])
+        ci = 1.96 * per_episode.std(ddof=1) / np.sqrt(len(parts)) if len(parts) > 1 else 0.0
+        return float(np.concatenate(parts).mean()), float(ci)
+
+    (unknown, unknown_ci), (frr, frr_ci) = rate(rejected), rate(false_reject)
+    return {
+        "threshold": float(threshold), "n_way": sampler.n_way, "k_shot": int(k_shot), "episodes": int(episodes),
+        "within_group": bool(within_group),
+        "unknown_rate": unknown, "unknown_rate_ci95": unknown_ci, "false_accept_rate": 1.0 - unknown,
+        "false_reject_rate": frr, "false_reject_rate_ci95": frr_ci,
+        "accuracy": rate(correct)[0], "accepted_accuracy": rate(correct_accepted)[0],
+        "impostor_queries": int(sum(len(r) for r in rejected)), "genuine_queries": int(sum(len(r) for r in correct)),
+        "measured_on": sampler.description,
+    }
+
+
+def prototype_distances(mapped: np.ndarray, shots: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """The adapter's distance, `(n_queries, n_classes)`: `mapped` holds `for_metric`-mapped embeddings;
+    class c's prototype is the mean of rows `shots[c]`, mapped again (re-normalised for cosine)."""
+    return squared_distances(mapped[queries], for_metric(mapped[shots].mean(1), metric))
+
+
+def drop_rotated_copies(dataset):
+    """`dataset` without the rotated copies `ImageClassDataset.with_rotations` adds (named `…@rot90` etc.):
+    a user enrolls upright characters, and a character's own rotation is an unrealistically easy impostor."""
+    keep = [c for c, name in enumerate(dataset.class_names) if "@rot" not in name]
+    return dataset if len(keep) == dataset.num_classes else dataset.subset(classes=keep)
+
+
+def _one_blas_thread():
+    """Episodes make thousands of tiny matrix products; OpenBLAS threads on them cost ~10x more than
+    they save on a busy 2-core machine (measured), so they run single-threaded when threadpoolctl exists."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def check_target(target: float) -> None:
+    """Raises unless `target` is a false-accept rate in (0, 1)."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
+        raise ValueError(f"target_false_accept must be a rate in (0, 1), e.g. 0.05. Received: {target!r}")
+
+
+def _embedder(bundle_or_embedder: str | os.PathLike | Embedder) -> Embedder:
+    if isinstance(bundle_or_embedder, Embedder):
+        return bundle_or_embedder
+    if isinstance(bundle_or_embedder, (str, os.PathLike)):
+        return Embedder.from_bundle(bundle_or_embedder)
+    raise TypeError(f"Expected a bundle directory or an Embedder. Received: {type(bundle_or_embedder).__name__}")
+
+
+class _Episodes:
+    """Seeded numpy episodes with impostors: `(shots (n_way, k) image indices, genuine query indices
+    (class-major, n_query per class), impostor indices)`. Impostors are images of classes not enrolled
+    in the episode (within its group if `within_group`), as many as genuine queries when available."""
+
+    def __init__(self, dataset, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int,
+                 within_group: bool, shots_needed: int) -> None:
+        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query), ("episodes", episodes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {value!r}")
+        if not hasattr(dataset, "images") or not hasattr(dataset, "labels"):
+            raise TypeError(f"Expected an edgemeta ImageClassDataset. Received: {type(dataset).__name__}")
+        counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+        if counts.min() < k_shot + n_query:
+            worst = int(np.argmin(counts))
+            raise ValueError(f"Every class needs k_shot + n_query = {k_shot + n_query} images. Received: class "
+                             f"{dataset.class_names[worst]!r} has {counts[worst]}.")
+        groups = sorted(set(dataset.groups)) if within_group else ["all"]
+        group_of = (np.array([groups.index(g) for g in dataset.groups]) if within_group
+                    else np.zeros(dataset.num_classes, int))
+        sizes = np.bincount(group_of, minlength=len(groups))
+        # An episode needs at least one class left over to draw impostors from.
+        self.eligible = np.flatnonzero(sizes > n_way)
+        if len(self.eligible) == 0:
+            where = (f"any group (largest: {sizes.max()} classes)" if within_group
+                     else f"the dataset ({dataset.num_classes} classes)")
+            raise ValueError(f"Open-set episodes need more than n_way={n_way} classes in {where}, so that some are "
+                             f"never enrolled. Received: {dataset!r}")
+        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
+        self.episodes, self.seed = int(episodes), seed
+        self.max_shots = int(counts.min()) - n_query
+        self.shots_needed = min(int(shots_needed), self.max_shots)
+        self.members = [np.flatnonzero(dataset.labels == c) for c in range(dataset.num_classes)]
+        self.classes_of_group = [np.flatnonzero(group_of == g) for g in range(len(groups))]
+        used = [groups[g] for g in self.eligible] if within_group else sorted(set(dataset.groups))
+        n_classes = int(sizes[self.eligible].sum())
+        impostors = "impostors from the enrolled classes' own group" if within_group else "impostors from any other class"
+        self.description = f"{dataset.name}: {n_classes} classes in {len(used)} group(s) ({', '.join(used)}), {impostors}"
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng(self.seed)
+        per_class = self.shots_needed + self.n_query
+        for _ in range(self.episodes):
+            group = self.eligible[rng.integers(len(self.eligible))]
+            order = rng.permutation(self.classes_of_group[group])
+            enrolled, others = order[: self.n_way], order[self.n_way :]
+            picks = np.stack([rng.permutation(self.members[c])[:per_class] for c in enrolled])
+            # Genuine queries come after the largest shot count, so every k uses the same queries.
+            shots, genuine = picks[:, : self.shots_needed], picks[:, self.shots_needed :].ravel()
+            pool = np.concatenate([self.members[c] for c in others])
+            impostors = rng.choice(pool, min(len(pool), self.n_way * self.n_query), replace=False)
+            yield shots, genuine, impostors
