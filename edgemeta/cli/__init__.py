@@ -254,14 +254,14 @@ def _device(args) -> int:
                   + (f", delegate {profile.delegate}" if profile.delegate else ""))
         return 0
     from edgemeta.format.bundle import read_bundle
-    from edgemeta.runtime.adapter import parse_bytes
+    from edgemeta.format.units import parse_bytes
     from edgemeta.runtime.memory import MB, plan_memory
 
     for name in ("classes", "shots", "batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer. Received: {getattr(args, name)}")
     profile = load_profile(args.device)
-    budget = parse_bytes(args.budget) if args.budget else profile.budget_bytes
+    budget = parse_bytes(args.budget, "--budget") if args.budget else profile.budget_bytes
     _, manifest = read_bundle(args.bundle)
     plan = plan_memory(args.bundle, args.batch, args.shots, args.prototype_dtype, args.keep_support)
     need, fits = plan.predict(args.classes), plan.predict(args.classes) <= budget
@@ -299,13 +299,9 @@ def _adapt(args) -> None:
     from edgemeta.data.folder import list_image_folder
     from edgemeta.runtime import FewShotAdapter
 
-    threshold = {"calibrated": "calibrated", "none": None}.get(args.unknown_threshold.lower(), None)
-    if args.unknown_threshold.lower() not in ("calibrated", "none"):
-        try:
-            threshold = float(args.unknown_threshold)
-        except ValueError:
-            raise ValueError("--unknown-threshold takes 'calibrated', a distance or 'none'. "
-                             f"Received: {args.unknown_threshold!r}") from None
+    from edgemeta.runtime.threshold import parse_threshold
+
+    threshold = parse_threshold(args.unknown_threshold)
     options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget}
     adapter = (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
                else FewShotAdapter.from_preset(args.preset, **options))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgemeta.presets import preset_path
+from edgemeta.format.units import parse_bytes
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.prototypes import for_metric, squared_norms
 from edgemeta.runtime.store import (CLASS_BLOCK, CLASSIFY_CACHE_BYTES, LABEL_BYTES, RESIDENT_CLASSES, ROW_OBJECT_BYTES,
@@ -98,7 +99,7 @@ class FewShotAdapter:
         else:
             self._store = PrototypeStore(embedder.embedding_size, sha, prototype_dtype, keep_support)
         self.unknown_threshold = self._threshold(unknown_threshold)
-        self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        self.memory_budget = parse_bytes(memory_budget, "memory_budget") if memory_budget is not None else None
         self._store_budget = None
         if self.memory_budget is not None:
             self._store_budget = self._bytes_for_classes(self.memory_budget)
@@ -408,23 +409,6 @@ def _raw_uint8(image: Any) -> np.ndarray:
 
     array = _load(image)
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
-
-
-def parse_bytes(value: int | str) -> int:
-    """`48000000`, "48MB", "48 MiB", "0.5GB" -> bytes (MB = 2**20, as `free -m` counts)."""
-    units = {"": 1, "B": 1, "KB": 2**10, "KIB": 2**10, "MB": 2**20, "MIB": 2**20, "GB": 2**30, "GIB": 2**30}
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        text = value.strip().upper().replace(" ", "")
-        number = text.rstrip("KMGIB")
-        try:
-            amount = float(number) * units[text[len(number):]]
-        except (ValueError, KeyError):
-            amount = -1
-        if amount > 0:
-            return int(amount)
-    raise ValueError(f"memory_budget must be a positive number of bytes or a size such as '48MB'. Received: {value!r}")
 
 
 __all__ = ["FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError", "parse_bytes"]

@@ -1,4 +1,4 @@
-"""The open-set distance threshold for a given number of enrolled classes, from a bundle's calibration (numpy only)."""
+"""The open-set "unknown" threshold: from a bundle's calibration for the classes enrolled, and as users write it (numpy only)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,18 @@ def _quantile(log_p: np.ndarray, distances: np.ndarray, at: float) -> float:
         return float(np.interp(at, log_p, distances))
     slope = (distances[1] - distances[0]) / (log_p[1] - log_p[0])
     return float(max(0.0, distances[0] + slope * (at - log_p[0])))
+
+
+def parse_threshold(text: str, what: str = "--unknown-threshold") -> float | str | None:
+    """A command-line threshold: "calibrated" (the bundle's, recomputed for the classes enrolled),
+    "none" (always answer the nearest class) or a distance >= 0. Raises ValueError otherwise."""
+    lowered = text.strip().lower() if isinstance(text, str) else ""
+    if lowered in ("calibrated", "none"):
+        return None if lowered == "none" else "calibrated"
+    try:
+        value = float(lowered)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"{what} takes 'calibrated', 'none' or a distance >= 0. Received: {text!r}")
+    return value

@@ -609,7 +609,7 @@ def _refuse_busy(request: socket.socket, limit: int) -> None:
 
 # -- command line ----------------------------------------------------------------------------------
 def _size(text: str) -> int:
-    from edgemeta.runtime.adapter import parse_bytes
+    from edgemeta.format.units import parse_bytes
 
     try:
         return parse_bytes(int(text) if text.strip().isdigit() else text)
@@ -708,7 +708,7 @@ def request_reserve(limits: Limits) -> int:
 def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int | None]:
     """(the process's budget, the adapter's share): the adapter gets the budget less one request's reserve,
     so a full store plus the largest request still fits the budget (the unit's MemoryMax)."""
-    from edgemeta.runtime.adapter import parse_bytes
+    from edgemeta.format.units import parse_bytes
 
     if args.memory_budget:
         budget = parse_bytes(args.memory_budget)
