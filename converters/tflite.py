@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgemeta.train.backend import keras, tf
-from edgemeta.format.bundle import Manifest, write_bundle
+from edgemeta.format.bundle import QUANTIZATIONS, Manifest, write_bundle
 from edgemeta.format.patches import image_patches, patches_shape
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
@@ -16,7 +16,6 @@ from edgemeta.runtime.interpreter import interpreter_class
 # Post-training modes. int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8: int16
 # activations, int8 weights (more accurate, slower reference kernels). float16: float16 weights. dynamic:
 # int8 weights, float activations. float32: no quantization.
-QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float32")
 SCHEMES = {"int8": "full_integer", "int16x8": "int16_activations", "float16": "float16_weights",
            "dynamic": "dynamic_range", "float32": "none"}
 _CALIBRATED = ("int8", "int16x8")

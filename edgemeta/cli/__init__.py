@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from edgemeta.format.bundle import QUANTIZATIONS
+
 
 def _add_task_args(p: argparse.ArgumentParser, way: int | None = 5, shot: int | None = 1, query: int | None = 5) -> None:
     p.add_argument("--way", type=int, default=way, help="classes per episode (N)")
@@ -81,7 +83,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="convert a run to a bundle (model.tflite + manifest.json)")
     p.add_argument("run", help="run directory written by `edgemeta train`")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--quantization", choices=["int8", "int16x8", "float16", "dynamic", "float32"], default="int8")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
     p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
     p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
 
@@ -93,7 +95,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--structured", action="store_true", help="2:4 structured sparsity (50 %%) instead of --prune")
     p.add_argument("--cluster", type=int, metavar="N", help="weight clustering: N unique values per kernel")
     p.add_argument("--qat", action="store_true", help="quantization-aware training, then int8")
-    p.add_argument("--quantization", choices=["int8", "int16x8", "float16", "dynamic", "float32"],
+    p.add_argument("--quantization", choices=QUANTIZATIONS,
                    help="conversion (default int8)")
     p.add_argument("--distill-width", type=float, metavar="W", help="distil into a student W times as wide, e.g. 0.5")
     p.add_argument("--separable", action="store_true", help="the distilled student uses depthwise-separable blocks")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from converters.tflite import QUANTIZATIONS
+from edgemeta.format.bundle import QUANTIZATIONS
 
 
 @dataclass(frozen=True)

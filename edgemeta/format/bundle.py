@@ -23,6 +23,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
+# The names a manifest may carry; the converters, the compressor, board profiles and the CLI all take these.
+QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float32")
+METRICS = ("squared_euclidean", "cosine")
 
 
 @dataclass

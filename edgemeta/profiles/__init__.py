@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgemeta.format.bundle import QUANTIZATIONS
+
 ENV_DIR = "EDGEMETA_DEVICES_DIR"
 PROFILES_DIR = Path(__file__).parent
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime")
 DELEGATES = (None, "edgetpu")
 ACCELERATORS = (None, "edgetpu")
-# Same names as converters.tflite.QUANTIZATIONS (not imported: converters needs TensorFlow).
-QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float32")
 
 
 @dataclass(frozen=True)

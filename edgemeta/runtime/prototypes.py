@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("squared_euclidean", "cosine")
+from edgemeta.format.bundle import METRICS
+
 
 
 def squared_distances(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
