@@ -163,13 +163,19 @@ def _non_finite_message(count: int) -> str:
             f"Received: {count} non-finite values")
 
 
+def pil_pixels(im: Image.Image) -> np.ndarray:
+    """An opened image's pixels as the runtime reads an image file: modes L, RGB, RGBA and 1 as they are,
+    any other (palette, 16-bit, CMYK, ...) converted to RGB. The service decodes a request's images with it."""
+    return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
+
+
 def _load(image: Any) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"Image file not found. Received: {os.fspath(image)!r}")
         try:
             with Image.open(image) as im:
-                return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
+                return pil_pixels(im)
         except (OSError, Image.DecompressionBombError) as e:  # not an image, unreadable, or a decompression bomb
             raise ValueError(f"Cannot read an image from the file ({e}). Received: {os.fspath(image)!r}") from e
     try:

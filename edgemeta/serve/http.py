@@ -1,0 +1,310 @@
+"""The service over HTTP: the request handler (routing, headers, body reading, JSON answers) and the
+threaded server that caps connections and waits for the requests in flight at shutdown.
+
+Importing this module imports `http.server`, with `ssl` blocked unless something loaded it already
+(docs/service.md, "Memory"); `edgemeta.serve` itself imports it only when a server is made."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgemeta.serve.api import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, HTTPError, Service, fields_of, log
+
+SOCKET_TIMEOUT = 10.0  # seconds one read or write may stall
+BODY_SECONDS = 30.0  # a whole body must arrive within this, or 408
+LINGER_SECONDS = 2.0  # reading what a refused client still sends, so it gets our answer
+ENDPOINTS = "GET /health, GET /labels, POST /enroll, POST /classify, POST /forget, DELETE /labels/<label>"
+JSON_TYPE = "application/json"
+
+
+def _http_server_module() -> Any:
+    """`http.server`, imported without `ssl` when nothing has loaded them yet: `http.client`, which
+    `http.server` imports, loads ssl (and OpenSSL, ~4 MB resident, measured) only for HTTPS clients
+    this process never makes. A None in sys.modules makes an import fail, so http.client skips it."""
+    if any(name in sys.modules for name in ("ssl", "http.client", "http.server")):
+        import http.server
+        return http.server
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import http.server
+    finally:
+        del sys.modules["ssl"]
+    return http.server
+
+
+_http_server = _http_server_module()
+
+
+def _route(method: str, path: str) -> tuple[str, str | None]:
+    fixed = {"/health": ("GET", "health"), "/labels": ("GET", "labels"), "/enroll": ("POST", "enroll"),
+             "/classify": ("POST", "classify"), "/forget": ("POST", "forget")}
+    if path in fixed:
+        allowed, name = fixed[path]
+        if method != allowed:
+            raise HTTPError(405, f"{path} takes {allowed}. Received: {method}", {"Allow": allowed})
+        return name, None
+    if path.startswith("/labels/") and len(path) > len("/labels/"):
+        if method != "DELETE":
+            raise HTTPError(405, f"/labels/<label> takes DELETE. Received: {method}", {"Allow": "DELETE"})
+        return "forget", unquote(path[len("/labels/"):])
+    raise HTTPError(404, f"No such endpoint. Received: {method} {path[:100]}. Endpoints: {ENDPOINTS}")
+
+
+class Handler(_http_server.BaseHTTPRequestHandler):
+    """One connection, one request: routed to `self.server.service`; every answer, errors included, is JSON."""
+
+    server: Server
+    server_version = "edgemeta"
+    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive holding a thread
+    timeout = SOCKET_TIMEOUT
+    _unread = 0
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version for a scanner to match against
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def _serve(self, method: str) -> None:
+        start, status, path = time.monotonic(), 500, "?"
+        try:
+            self._unread = self._announced_length()
+            path = urlsplit(self.path).path
+            try:
+                status, payload, headers = 200, self._dispatch(method, path), {}
+            except HTTPError as e:
+                status, payload, headers = e.status, {"error": e.message}, e.headers
+            except Exception as e:  # a bug: the client gets no traceback, the log does
+                log(f"internal error on {method} {path}:\n{traceback.format_exc()}")
+                message = (f"Internal error ({type(e).__name__}); see the service's log. "
+                           f"Received: {method} {path[:100]}")
+                status, payload, headers = 500, {"error": message}, {}
+            self._send_json(status, payload, headers)
+            if self._unread:
+                self._discard_unread()
+        finally:
+            took = 1000 * (time.monotonic() - start)
+            log(f'{self.client_address[0]} "{method} {path[:200]}" {status} {took:.0f} ms')
+
+    def _dispatch(self, method: str, path: str) -> dict:
+        service = self.server.service
+        name, argument = _route(method, path)
+        problem = service.auth_problem(self.headers.get_all("Authorization"))
+        if name == "health":
+            return service.health(full=problem is None)
+        if problem is not None:
+            raise HTTPError(401, "This service requires its token: send 'Authorization: Bearer <token>'. "
+                                 f"Received: {problem}", {"WWW-Authenticate": 'Bearer realm="edgemeta"'})
+        service.check_host(self.headers.get("Host"))
+        if name == "labels":
+            return service.labels()
+        if argument is not None:
+            return service.forget(argument)
+        length = self._body_length()
+        with service.working():
+            body = self._read_json(length)
+            if name == "forget":
+                return service.forget(fields_of(body, required=("label",))["label"])
+            return service.enroll(body) if name == "enroll" else service.classify(body)
+
+    def _announced_length(self) -> int:
+        try:
+            return max(int(self.headers.get("Content-Length", 0)), 0)
+        except ValueError:
+            return 0
+
+    def _body_length(self) -> int:
+        """The body's length from the headers, refused before a byte of it is read."""
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(411, "Send the body with a Content-Length (chunked transfer is not accepted). "
+                                 f"Received: Transfer-Encoding {self.headers['Transfer-Encoding'][:40]!r}")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise HTTPError(411, "A POST needs a Content-Length header. Received: none")
+        if len(set(values)) > 1 or not values[0].strip().isdigit():
+            raise HTTPError(400, f"Content-Length must be one non-negative integer. Received: {values[:3]}")
+        length = int(values[0])
+        limit = self.server.service.limits.max_request_bytes
+        if length > limit:
+            raise HTTPError(413, f"The body is too large: at most {limit} bytes "
+                                 f"(--max-request-bytes). Received: Content-Length {length}")
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != JSON_TYPE:
+            # Also what keeps a web page's form post (a "simple" cross-site request) out.
+            raise HTTPError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'. "
+                                 f"Received: Content-Type {kind or 'none'!r}")
+        return length
+
+    def _read_json(self, length: int) -> Any:
+        buffer = bytearray(length)
+        view, received = memoryview(buffer), 0
+        deadline = time.monotonic() + BODY_SECONDS
+        while received < length:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(min(left, SOCKET_TIMEOUT))
+                n = self.rfile.readinto1(view[received:received + 65536])
+            except TimeoutError:
+                raise HTTPError(408, f"The body did not arrive within {BODY_SECONDS:.0f} s. "
+                                     f"Received: {received} of {length} bytes") from None
+            if not n:
+                raise HTTPError(400, f"The body ended early. Received: {received} of the {length} bytes "
+                                     "Content-Length announced")
+            received += n
+            self._unread = length - received
+        view.release()
+        try:
+            return json.loads(buffer)
+        except (ValueError, RecursionError) as e:
+            raise HTTPError(400, f"The body is not valid JSON ({str(e)[:200]}). Received: {length} bytes "
+                                 f"starting {bytes(buffer[:40])!r}") from None
+
+    def _send_json(self, status: int, payload: dict, headers: dict[str, str]) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", JSON_TYPE)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if not self._unread:  # a connection that still drains an upload keeps its slot until it ends
+                self.server.release_slot()  # before the last bytes: a client with its answer finds it free
+            self.wfile.write(data)
+        except OSError as e:  # the client went away
+            log(f"{self.client_address[0]}: could not send the response ({e})")
+
+    def _discard_unread(self) -> None:
+        # Closing a socket that still has unread data makes Linux reset the connection, and the client
+        # may lose the answer it was sent (a 413 becomes "connection reset"). Read and drop what it
+        # still sends, for a moment, after saying we are done writing.
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(65536):
+                    break
+        except OSError:
+            pass
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The base class's errors (malformed request line, oversized headers, unknown method) as JSON.
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if code >= 200 and code not in (204, 304) and getattr(self, "command", None) != "HEAD":
+            received = str(getattr(self, "requestline", ""))[:100]
+            self._send_json(code, {"error": f"{message or 'Bad request'}. Received: {received!r}"}, {})
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        pass  # _serve logs one line per request, with its duration
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log(f"{self.client_address[0]} {format % args}")
+
+
+class Server(_http_server.ThreadingHTTPServer):
+    """Serves `service` with a thread per connection, at most `max_connections` at once (one more is
+    answered 503 at once), and counts the requests in flight for a graceful stop."""
+
+    daemon_threads = True  # after the grace period, a stuck client does not keep the process alive
+    block_on_close = False
+    request_queue_size = 64  # the default 5 drops connections when a few clients arrive at once
+
+    def __init__(self, address: tuple, family: int, service: Service, max_connections: int) -> None:
+        self.address_family = family
+        self.service = service
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._holds_slot = threading.local()  # each connection's thread: is its slot still taken?
+        self._active = 0
+        self._idle = threading.Condition()
+        super().__init__(address, Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own looks the host's name up in DNS (getfqdn), which can hang at boot.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request, self.max_connections)
+            self.shutdown_request(request)
+            return
+        with self._idle:
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the connection's thread could not start
+            self._slots.release()
+            self._finished()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._holds_slot.value = True  # taken for this connection by process_request
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.release_slot()
+            self._finished()
+
+    def release_slot(self) -> None:
+        """Frees the calling connection's slot, once. The handler calls it as its answer goes out: had it
+        waited for the thread's end, a client that reconnects as soon as it has read its answer would
+        find its own finished connection still counted, and get 503."""
+        if getattr(self._holds_slot, "value", False):
+            self._holds_slot.value = False
+            self._slots.release()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, seconds: float) -> int:
+        """Waits for the requests in flight; returns how many are still running after `seconds`."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, seconds)
+            return self._active
+
+
+def _refuse_busy(request: socket.socket, limit: int) -> None:
+    body = json.dumps({"error": f"Too many connections at once (at most {limit}, --max-connections). "
+                                "Retry shortly. Received: one more"}).encode()
+    head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+    try:
+        request.settimeout(1.0)
+        request.sendall(head + body)
+    except OSError:
+        pass
+
+
+def make_server(service: Service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Server:
+    """A threading HTTP server for `service`, bound and listening (`serve_forever` runs it)."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return Server((host, port), family, service, max_connections)
