@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.harness import free_port
 
 SSHD = "/usr/sbin/sshd"  # sshd refuses to start unless run by its absolute path (it re-executes itself)
 
@@ -32,12 +33,6 @@ def ensure_sshd() -> str | None:
     if result.returncode != 0 or not Path(SSHD).is_file():
         return f"apt-get could not install openssh-server: {(result.stderr or result.stdout)[-500:]}"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _keygen(path: Path) -> None:
@@ -88,7 +83,7 @@ def start_sshd(directory: Path, attempts: int = 3) -> SSHServer:
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     last_error = ""
     for _ in range(attempts):
-        port = _free_port()
+        port = free_port()
         config = directory / "sshd_config"
         config.write_text(
             f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\nPidFile {directory / 'sshd.pid'}\n"

@@ -3,6 +3,7 @@ and real files: verify, switch, roll back, survive a cut transfer, keep 20 class
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,12 @@ import pytest
 
 from edgemeta import deploy as dp
 from edgemeta.format.bundle import read_bundle
+from edgemeta.format.units import parse_rate
 from edgemeta.runtime import Embedder, FewShotAdapter, PrototypeStore
 
 from tests.deploy import sshd as sshd_helper
 
-from tests.harness import ROOT
+from tests.harness import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,13 @@ def ssh_options(server) -> dp.SSHOptions:
     return dp.SSHOptions(config=str(server.client_config))
 
 
+def deployed(server, bundle: Path, board: Path) -> str:
+    """Deploys `bundle` to the directory `board` in this process; the version now current there."""
+    [result] = dp.deploy(bundle, [server.url(board)], ssh=ssh_options(server), log=None)
+    assert result.ok, result.message
+    return current(board)
+
+
 def current(board: Path) -> str:
     link = os.readlink(board / "current")
     assert link.startswith("versions/")
@@ -78,6 +88,31 @@ def test_target_urls():
             dp.Target.parse(bad)
     # A malformed target is refused before any host is touched, with exit status 2.
     assert dp.main(["status", "--to", "ssh://ok/x", "--to", "scp://h/x"]) == 2
+
+
+def test_board_scripts_parse_and_ship_as_package_data():
+    """Every script the board runs parses as POSIX sh, and pyproject's package-data ships it."""
+    tomllib = pytest.importorskip("tomllib")
+    package = ROOT / "edgemeta" / "deploy"
+    scripts = sorted((package / "scripts").glob("*.sh"))
+    assert {p.stem for p in scripts} >= {"inspect", "switch", "store_sha", "verify_current"}
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edgemeta.deploy"]
+    for path in scripts:
+        parsed = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True, timeout=30)
+        assert parsed.returncode == 0, f"{path.name}: {parsed.stderr}"
+        assert any(fnmatch(path.relative_to(package).as_posix(), p) for p in patterns), (path, patterns)
+        assert dp.script(path.stem) == path.read_text()
+
+
+def test_limit_rate_is_read_by_the_shared_rate_parser(capsys):
+    parser = argparse.ArgumentParser()
+    dp.add_arguments(parser, "deploy")
+    assert parser.parse_args(["b", "--to", "ssh://h/x", "--limit-rate", "2M/s"]).limit_rate == 2 << 20
+    with pytest.raises(SystemExit):
+        parser.parse_args(["b", "--to", "ssh://h/x", "--limit-rate", "0"])
+    with pytest.raises(ValueError) as shared:
+        parse_rate("0", "--limit-rate")
+    assert f"argument --limit-rate: {shared.value}" in capsys.readouterr().err
 
 
 def test_deploy_verify_switch_status_rollback(server, bundles, tmp_path):
@@ -121,8 +156,7 @@ def test_deploy_verify_switch_status_rollback(server, bundles, tmp_path):
 def test_corrupted_upload_is_not_switched(server, bundles, tmp_path):
     """The board re-hashes every file before the switch: a file damaged after upload stops it."""
     board_dir = tmp_path / "board"
-    assert dp.deploy(bundles["old"], [server.url(board_dir)], ssh=ssh_options(server), log=None)[0].ok
-    v1 = current(board_dir)
+    v1 = deployed(server, bundles["old"], board_dir)
     board = dp.Board(dp.Target.parse(server.url(board_dir)), ssh_options(server))
     partial = f"{board_dir}/versions/X.partial"
     board.run('mkdir -p "$1"', partial)
@@ -137,15 +171,14 @@ def test_corrupted_upload_is_not_switched(server, bundles, tmp_path):
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(dp.DeployError, match="verification failed.*model.tflite: FAILED"):
-        board.run(dp._SWITCH, str(board_dir), "deploy", "X", v1, "keep", "", "", "", "test", sha(sums), "")
+        board.run(dp.script("switch"), str(board_dir), "deploy", "X", v1, "keep", "", "", "", "test", sha(sums), "")
     assert current(board_dir) == v1 and not (board_dir / "versions" / "X.partial").exists()
     assert not (board_dir / "versions" / "X").exists()
 
 
 def test_transfer_cut_midway_leaves_previous_version(server, bundles, tmp_path):
     board = tmp_path / "board"
-    assert dp.deploy(bundles["old"], [server.url(board)], ssh=ssh_options(server), log=None)[0].ok
-    v1 = current(board)
+    v1 = deployed(server, bundles["old"], board)
     big = tmp_path / "big-bundle"
     big.mkdir()
     for name in ("model.tflite", "manifest.json"):
@@ -195,8 +228,7 @@ def _twenty_classes(digits_run) -> dict[str, list[np.ndarray]]:
 
 def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_path):
     board = tmp_path / "board"
-    assert dp.deploy(bundles["old"], [server.url(board)], ssh=ssh_options(server), log=None)[0].ok
-    v1 = current(board)
+    v1 = deployed(server, bundles["old"], board)
     classes = _twenty_classes(digits_run)
     # What the board's adapter taught under the old model (its --state file), keeping the images.
     taught = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store", keep_support="images")
@@ -258,8 +290,7 @@ def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_pat
 
 def test_upgrade_without_kept_images_needs_drop_classes(server, bundles, digits_run, tmp_path):
     board = tmp_path / "board"
-    assert dp.deploy(bundles["old"], [server.url(board)], ssh=ssh_options(server), log=None)[0].ok
-    v1 = current(board)
+    v1 = deployed(server, bundles["old"], board)
     taught = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store")  # no images kept
     for label, images in list(_twenty_classes(digits_run).items())[:3]:
         taught.enroll(label, images)
@@ -279,17 +310,9 @@ def test_upgrade_without_kept_images_needs_drop_classes(server, bundles, digits_
     assert (board / "versions" / v1 / "taught.store.saved").read_bytes() == before  # kept for rollback
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_several_hosts_each_get_a_result(server, bundles, tmp_path):
     good = [server.url(tmp_path / "a"), server.url(tmp_path / "b")]
-    unreachable = f"ssh://{server.user}@127.0.0.1:{_free_port()}/srv/edgemeta"  # nothing listens there
+    unreachable = f"ssh://{server.user}@127.0.0.1:{free_port()}/srv/edgemeta"  # nothing listens there
     result = cli(server, "deploy", bundles["old"], "--to", good[0], "--to", unreachable, "--to", good[1],
                  "--connect-timeout", "5", "--json")
     assert result.returncode == 1
