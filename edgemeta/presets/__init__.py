@@ -1,18 +1,40 @@
-"""Bundles shipped inside the package, by name (e.g. "omniglot"). TensorFlow-free."""
+"""The bundles shipped inside the package: a small registry of name -> bundle, what it knows, its recipe. TensorFlow-free."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 PRESETS_DIR = Path(__file__).parent
 
 
+@dataclass(frozen=True)
+class Preset:
+    """One shipped bundle: `knows` says what kind of images it learns new classes of; `recipe` is the
+    training recipe (`edgemeta.train.recipes.RECIPES`) that `edgemeta preset NAME` rebuilds it with."""
+
+    name: str
+    knows: str
+    recipe: str
+
+    @property
+    def path(self) -> Path:
+        return PRESETS_DIR / self.name
+
+
+PRESETS: dict[str, Preset] = {
+    "omniglot": Preset("omniglot", "handwritten symbols: dark ink on a light background, any size (resized to 28x28)",
+                       "omniglot"),
+}
+
+
 def available_presets() -> list[str]:
-    return sorted(p.name for p in PRESETS_DIR.iterdir() if (p / "manifest.json").is_file())
+    """The names of the registered presets whose bundle is present in this install."""
+    return sorted(name for name, preset in PRESETS.items() if (preset.path / "manifest.json").is_file())
 
 
 def preset_path(name: str) -> Path:
     """The bundle directory of preset `name`; a clear error lists the presets that exist."""
     if not isinstance(name, str) or name not in available_presets():
         raise ValueError(f"Unknown preset {name!r}. Available presets: {available_presets()}")
-    return PRESETS_DIR / name
+    return PRESETS[name].path
