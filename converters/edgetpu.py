@@ -1,7 +1,7 @@
 """Checks a TFLite model against the Coral Edge TPU's requirements and compiles a bundle with edgetpu_compiler.
 
-Needs no TensorFlow: the model is read with the runtime's interpreter and a small flatbuffer reader, so
-the check also runs on a board.
+Needs no TensorFlow: the model is read with the runtime's interpreter and its bounds-checked flatbuffer
+reader (`edgemeta.runtime.verify.flatbuffer`), so the check also runs on a board.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 from edgemeta.format.bundle import MODEL_FILE, read_bundle, update_provenance
 from edgemeta.runtime.interpreter import make_interpreter
+from edgemeta.runtime.verify.flatbuffer import FILE_IDENTIFIER, TENSOR_SHAPE_SIGNATURE, Buffer, Table, subgraph_tensors
 
 COMPILER = "edgetpu_compiler"
 COMPILED_FILE = "model_edgetpu.tflite"
@@ -150,12 +151,13 @@ def check_edgetpu(model: bytes | str | os.PathLike) -> EdgeTPUReport:
 def static_batch_model(model: bytes | str | os.PathLike) -> bytes:
     """Returns the model with every dynamic batch dimension (-1 first in a tensor's shape_signature) set to
     1, the static shape the Edge TPU compiler needs. Weights and ops are unchanged: same bytes otherwise."""
-    data = bytearray(_model_bytes(model))
-    for tensors in _subgraph_tensors(bytes(data)):
+    model_bytes = _model_bytes(model)
+    data = bytearray(model_bytes)
+    for tensors in _subgraph_tensors(model_bytes):
         for tensor in tensors:
-            vector = _field_vector(data, tensor, 7)  # Tensor.shape_signature
-            if vector is not None and vector[1] > 0 and struct.unpack_from("<i", data, vector[0])[0] == -1:
-                struct.pack_into("<i", data, vector[0], 1)
+            signature = tensor.vector(TENSOR_SHAPE_SIGNATURE, 4, f"{tensor.what}.shape_signature")
+            if signature is not None and signature[1] > 0 and struct.unpack_from("<i", data, signature[0])[0] == -1:
+                struct.pack_into("<i", data, signature[0], 1)
     return bytes(data)
 
 
@@ -224,37 +226,11 @@ def _model_bytes(model: bytes | str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
-# A minimal reader for the TFLite flatbuffer (schema.fbs): just enough to walk Model.subgraphs[*].tensors[*].
-def _table_field(buf: bytes, table: int, field_id: int) -> int | None:
-    """Absolute position of a table's field, or None when absent."""
-    vtable = table - struct.unpack_from("<i", buf, table)[0]
-    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
-    entry = 4 + 2 * field_id
-    if entry >= vtable_size:
-        return None
-    offset = struct.unpack_from("<H", buf, vtable + entry)[0]
-    return table + offset if offset else None
-
-
-def _field_vector(buf: bytes, table: int, field_id: int) -> tuple[int, int] | None:
-    """(position of the first element, length) of a vector field, or None."""
-    pos = _table_field(buf, table, field_id)
-    if pos is None:
-        return None
-    vector = pos + struct.unpack_from("<I", buf, pos)[0]
-    return vector + 4, struct.unpack_from("<I", buf, vector)[0]
-
-
-def _tables(buf: bytes, vector: tuple[int, int] | None) -> list[int]:
-    if vector is None:
-        return []
-    start, length = vector
-    return [start + 4 * i + struct.unpack_from("<I", buf, start + 4 * i)[0] for i in range(length)]
-
-
-def _subgraph_tensors(buf: bytes) -> list[list[int]]:
-    """Positions of every tensor table, per subgraph."""
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise ValueError(f"Not a TFLite flatbuffer (no TFL3 identifier). Received: {bytes(buf[:8])!r}")
-    model = struct.unpack_from("<I", buf, 0)[0]
-    return [_tables(buf, _field_vector(buf, sg, 0)) for sg in _tables(buf, _field_vector(buf, model, 2))]
+def _subgraph_tensors(model_bytes: bytes) -> list[list[Table]]:
+    """Every tensor table, per subgraph, read with the runtime's bounds-checked flatbuffer reader (a
+    corrupt file raises `ModelVerificationError`, a ValueError)."""
+    buf = Buffer(model_bytes)
+    if not buf.has_identifier():
+        raise ValueError(f"Not a TFLite flatbuffer (no {FILE_IDENTIFIER.decode()} identifier). "
+                         f"Received: {bytes(model_bytes[:8])!r}")
+    return subgraph_tensors(buf.root())

@@ -8,16 +8,14 @@ from typing import Any
 import numpy as np
 
 from edgemeta.train.backend import keras, tf
-from edgemeta.format.bundle import QUANTIZATIONS, Manifest, write_bundle
+from edgemeta.format.bundle import QUANTIZATION_SCHEMES, QUANTIZATIONS, Manifest, write_bundle
 from edgemeta.format.patches import image_patches, patches_shape
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
 
-# Post-training modes. int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8: int16
-# activations, int8 weights (more accurate, slower reference kernels). float16: float16 weights. dynamic:
-# int8 weights, float activations. float32: no quantization.
-SCHEMES = {"int8": "full_integer", "int16x8": "int16_activations", "float16": "float16_weights",
-           "dynamic": "dynamic_range", "float32": "none"}
+# Post-training modes (QUANTIZATIONS). int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8:
+# int16 activations, int8 weights (more accurate, slower reference kernels). float16: float16 weights. dynamic:
+# int8 weights, float activations. float32: no quantization. The first two are calibrated on images.
 _CALIBRATED = ("int8", "int16x8")
 
 
@@ -120,20 +118,26 @@ def patch_input(model) -> tuple[Any, int]:
 
 def export_bundle(model, directory: str | Path, preprocessing: Preprocessing, quantization: str = "int8",
                   representative_images: np.ndarray | None = None, metric: str = "squared_euclidean",
-                  provenance: dict[str, Any] | None = None) -> Path:
+                  provenance: dict[str, Any] | None = None, raw_shape: tuple[int, ...] | None = None) -> Path:
     """Converts `model` and writes `directory/model.tflite` + `directory/manifest.json`. In int8, a model
     whose first layer is a k x k convolution on a grayscale image is exported taking the image's patches
-    (`patch_input`; the manifest's `input_patches`, which the runtime builds)."""
+    (`patch_input`; the manifest's `input_patches`, which the runtime builds).
+
+    `raw_shape`, `(height, width[, channels])` of the raw images the board will be handed (the training
+    data's, e.g. (105, 105) for Omniglot), is recorded in the manifest for the runtime's memory planning;
+    without it the runtime plans for images of the preprocessing's input size."""
     if tuple(model.input_shape[1:]) != preprocessing.input_shape:
         raise ValueError(
             f"The model's input shape {tuple(model.input_shape[1:])} does not match the preprocessing's "
             f"{preprocessing.input_shape}."
         )
+    if raw_shape is not None:
+        raw_shape = tuple(int(d) for d in raw_shape) + ((1,) if len(raw_shape) == 2 else ())  # (h, w): grayscale
     # Patches pay where XNNPACK's int8 kernels waste the one-channel taps. A patched float32 model measured no
     # faster (invoke 0.237 vs 0.224 ms, median of 20 rounds), so there the gather would be pure cost.
     converted, k = patch_input(model) if quantization == "int8" else (model, 1)
     model_bytes = to_tflite(converted, quantization, representative_images, input_patches=k)
-    quant = {"scheme": SCHEMES[quantization], **_tensor_quantization(model_bytes)}
+    quant = {"scheme": QUANTIZATION_SCHEMES[quantization], **_tensor_quantization(model_bytes)}
     manifest = Manifest(
         preprocessing=preprocessing,
         embedding_size=int(model.output_shape[-1]),
@@ -141,5 +145,6 @@ def export_bundle(model, directory: str | Path, preprocessing: Preprocessing, qu
         quantization=quant,
         provenance=dict(provenance or {}),
         input_patches=k,
+        raw_shape=raw_shape,
     )
     return write_bundle(directory, model_bytes, manifest)

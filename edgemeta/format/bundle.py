@@ -1,7 +1,8 @@
 """The bundle: one directory holding `model.tflite` and `manifest.json`, written by the converters and
 read by the runtime. The manifest is versioned; a reader refuses formats it does not know.
 
-Needs only the standard library and numpy, so the board can read it without TensorFlow.
+Needs only the standard library and numpy (its names, such as QUANTIZATIONS and METRICS, only the standard
+library), so the board can read it without TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemeta.format.atomic import atomic_write
 from edgemeta.format.checksum import sha256_file, sha256_hex
-from edgemeta.format.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # imported where a manifest is read: the names below need only the standard library
+    from edgemeta.format.preprocessing import Preprocessing
 
 FORMAT = "edgemeta.bundle"
 # A manifest is written with the oldest version that describes it, so older readers keep reading what
@@ -24,7 +27,10 @@ READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 # The names a manifest may carry; the converters, the compressor, board profiles and the CLI all take these.
-QUANTIZATIONS = ("int8", "int16x8", "float16", "dynamic", "float32")
+# Each export mode, and the `quantization.scheme` it writes into the manifest.
+QUANTIZATION_SCHEMES = {"int8": "full_integer", "int16x8": "int16_activations", "float16": "float16_weights",
+                        "dynamic": "dynamic_range", "float32": "none"}
+QUANTIZATIONS = tuple(QUANTIZATION_SCHEMES)
 METRICS = ("squared_euclidean", "cosine")
 
 
@@ -45,11 +51,21 @@ class Manifest:
     # The model takes each pixel's k x k neighbourhood as channels (edgemeta.format.patches), which the runtime
     # builds from the preprocessed image; 1: the image itself.
     input_patches: int = 1
+    # (height, width, channels) of the raw uint8 images the board is expected to be handed (those the model
+    # was trained on), for memory planning (edgemeta.runtime.budget). Optional: None means "about the
+    # preprocessing's input size"; older readers ignore it.
+    raw_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         k = self.input_patches
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
             raise ValueError(f"input_patches must be a positive odd integer. Received: {k!r}")
+        if self.raw_shape is not None:
+            shape = self.raw_shape
+            if (not isinstance(shape, (tuple, list)) or len(shape) != 3 or shape[2] not in (1, 3, 4)
+                    or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
+                raise ValueError(f"raw_shape must be (height, width, channels) with channels 1, 3 or 4. Received: {shape!r}")
+            self.raw_shape = tuple(shape)
 
     @property
     def model_input_shape(self) -> tuple[int, int, int]:
@@ -62,6 +78,8 @@ class Manifest:
         model_input = {"shape": list(self.model_input_shape), "dtype": self.quantization.get("input_dtype", "float32")}
         if self.input_patches > 1:
             model_input["patches"] = self.input_patches
+        if self.raw_shape is not None:
+            model_input["raw_shape"] = list(self.raw_shape)
         return {
             "format": FORMAT,
             "format_version": max(self.format_version, 2 if self.input_patches > 1 else 1),
@@ -78,6 +96,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+        from edgemeta.format.preprocessing import Preprocessing
+
         if d.get("format") != FORMAT:
             raise ValueError(f"{source} is not an edgemeta bundle manifest. Received: format={d.get('format')!r}")
         version = d.get("format_version")
@@ -86,7 +106,9 @@ class Manifest:
                 f"{source} has bundle format version {version!r}; this edgemeta reads versions "
                 f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade edgemeta or re-export the bundle."
             )
-        patches = (d.get("input") or {}).get("patches", 1) if version >= 2 else 1
+        model_input = d.get("input") or {}
+        patches = model_input.get("patches", 1) if version >= 2 else 1
+        raw_shape = model_input.get("raw_shape")
         return cls(
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
             embedding_size=int(d["embedding_size"]),
@@ -97,6 +119,7 @@ class Manifest:
             format_version=version,
             open_set=d.get("open_set", {}),
             input_patches=patches,
+            raw_shape=None if raw_shape is None else tuple(raw_shape),
         )
 
 

@@ -12,18 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.presets import preset_path
 from edgemeta.format.units import parse_bytes
+from edgemeta.presets import preset_path
+from edgemeta.runtime.budget import MemoryBudget, MemoryBudgetError
 from edgemeta.runtime.embedder import Embedder
-from edgemeta.runtime.prototypes import for_metric, squared_norms
-from edgemeta.runtime.store import (CLASS_BLOCK, CLASSIFY_CACHE_BYTES, LABEL_BYTES, RESIDENT_CLASSES, ROW_OBJECT_BYTES,
-                                    PrototypeStore, StoreError)
+from edgemeta.runtime.index import PrototypeIndex
+from edgemeta.runtime.prototypes import for_metric
+from edgemeta.runtime.store import PrototypeStore, StoreError
+from edgemeta.runtime.threshold import UnknownThreshold, check_threshold
 
 ON_FULL = ("error", "evict")
-
-
-class MemoryBudgetError(MemoryError):
-    """Enrolling would exceed the adapter's memory budget; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,11 @@ class Prediction:
 
 class FewShotAdapter:
     """Learns new classes on the board. A class is its prototype: the running mean of its shots' embeddings.
+
+    `enroll` embeds the shots and adds them to the class's running mean in the `PrototypeStore`;
+    `classify` embeds the queries and answers each with the nearest prototype (`PrototypeIndex`), or
+    "unknown" beyond the open-set threshold (`UnknownThreshold`). `enroll` and `forget` are
+    transactions: a full memory budget (`MemoryBudget`) or a failed save undoes them.
 
     Example:
         >>> adapter = FewShotAdapter.from_preset("omniglot")
@@ -87,27 +90,20 @@ class FewShotAdapter:
             embedder.max_batch = max_batch
         self.on_full = on_full
         self._lock = threading.RLock()
-        self._head = None
-        self._cache: tuple | None = None  # see _prototype_cache
-        self._float64: np.ndarray | None = None  # classify's float64 prototypes (_load_block)
-        self._float32: np.ndarray | None = None  # a block of dequantized int8 prototypes
-        self._resident = False
+        self._head = None  # a SoftmaxHead fitted on the current classes (fit_head), else None
+        self._index = PrototypeIndex(self.metric)
         self.state_path = Path(state) if state is not None else None
         sha = embedder.manifest.model_sha256
         if self.state_path is not None and self.state_path.exists():
             self._store = PrototypeStore.load(self.state_path, model_sha256=sha)
         else:
             self._store = PrototypeStore(embedder.embedding_size, sha, prototype_dtype, keep_support)
-        self.unknown_threshold = self._threshold(unknown_threshold)
+        self.unknown_threshold = unknown_threshold
         self.memory_budget = parse_bytes(memory_budget, "memory_budget") if memory_budget is not None else None
-        self._store_budget = None
+        self._budget: MemoryBudget | None = None
         if self.memory_budget is not None:
-            self._store_budget = self._bytes_for_classes(self.memory_budget)
-            if self._class_bytes(self._store) > self._store_budget:
-                raise MemoryBudgetError(
-                    f"The loaded store needs {self._class_bytes(self._store) / 2**20:.2f} MB but the budget of "
-                    f"{self.memory_budget / 2**20:.1f} MB leaves {max(self._store_budget, 0) / 2**20:.2f} MB for classes. "
-                    "Raise memory_budget or forget classes in a process with a larger budget.")
+            self._budget = MemoryBudget.for_adapter(self.memory_budget, embedder, self._store)
+            self._budget.check(self._store, "The loaded store")
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, state: str | os.PathLike | None = None,
@@ -144,6 +140,17 @@ class FewShotAdapter:
     def store(self) -> PrototypeStore:
         return self._store
 
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The distance beyond which `classify` answers "unknown" (None: never). "calibrated" reads the
+        bundle's calibration; with its per-class table, classify uses the threshold for the classes
+        enrolled at the time (`UnknownThreshold`). Settable with what the constructor takes."""
+        return self._threshold.value
+
+    @unknown_threshold.setter
+    def unknown_threshold(self, value: float | str | None) -> None:
+        self._threshold = UnknownThreshold(value, getattr(self.embedder.manifest, "open_set", None))
+
     def shots(self, label: str) -> int:
         """How many images class `label` was enrolled with."""
         with self._lock:
@@ -163,32 +170,15 @@ class FewShotAdapter:
         and change nothing."""
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"label must be a non-empty string. Received: {label!r}")
-        raw = None
-        if self._store.keep_support == "images":
-            from edgemeta.format.preprocessing import as_image_list
-
-            raw = [_raw_uint8(image) for image in as_image_list(images)]
-            embeddings = self.embedder.embed(raw)
-        else:
-            embeddings = self.embedder.embed(images)
-        embeddings = for_metric(embeddings.astype(np.float64), self.metric)
+        embeddings, raw = self._embed_shots(images)
         with self._lock:
             before, capacity = {label: self._store.snapshot(label)}, self._store.capacity
             count = self._store.add(label, embeddings, raw)
             try:
-                evicted = self._make_room(label, capacity)
-                for victim in evicted:
-                    before.setdefault(victim, self._store.snapshot(victim))
-                    self._store.remove(victim)
-                if evicted:
-                    self._store.shrink_to(capacity)  # the evicted rows take back what the new class grew
-                    if self._class_bytes(self._store) > self._store_budget:  # a safety net: _make_room's sum is exact
-                        raise MemoryBudgetError(f"Evicting {evicted} left {self._class_bytes(self._store)} bytes "
-                                                f"for classes, over {self._store_budget}. Nothing was changed.")
+                self._evict_to_fit(label, capacity, before)
                 self._persist()
             except BaseException:
-                self._undo(before)
-                self._store.shrink_to(capacity)  # the rows the refused class grew would leave it over budget
+                self._undo(before, capacity)
                 raise
             self._head = None
             return count
@@ -228,86 +218,33 @@ class FewShotAdapter:
     def classify(self, images: Any, unknown_threshold: float | None | str = "adapter") -> list[Prediction]:
         """One `Prediction` per image: the nearest enrolled class, or unknown (label None) when it is
         farther than the threshold (the adapter's, unless given here; None never rejects)."""
+        if not (isinstance(unknown_threshold, str) and unknown_threshold == "adapter"):
+            unknown_threshold = check_threshold(unknown_threshold, words=())
         queries = for_metric(self.embedder.embed(images), self.metric)
-        threshold = self.unknown_threshold if unknown_threshold == "adapter" else unknown_threshold
         with self._lock:
             if not len(self._store):
                 raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
-            labels, norms = self._prototype_cache()
-            if unknown_threshold == "adapter" and self._open_set_table:
-                threshold = self._threshold_for_classes(len(labels))
-            d = self._distances(np.asarray(queries, np.float64), norms)
-            rows = np.arange(len(d))
-            if self._head is not None and list(self._head.labels) == labels:
-                best, p = self._head.predict(queries)
-                scores = p[rows, best]
-            else:
-                # The softmax over negative distances, read at the nearest class only (the same values
-                # as the whole matrix's: one exp per distance, one sum per query).
-                best = d.argmin(1)
-                e = np.exp(d[rows, best][:, None] - d)
-                scores = e[rows, best] / e.sum(1)
+            labels, d = self._index.distances(self._store, queries)
+            threshold = (self._threshold.for_classes(len(labels), self._store.median_count())
+                         if unknown_threshold == "adapter" else unknown_threshold)
+            best, scores = self._nearest(queries, d, labels)
             self._store.touch_rows(set(best.tolist()))
-        nearest = d[rows, best].tolist()
+        nearest = d[np.arange(len(d)), best].tolist()
         return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
                 for j, dist, score in zip(best.tolist(), nearest, scores.tolist())]
 
-    def _distances(self, x: np.ndarray, norms: np.ndarray) -> np.ndarray:
-        """`(queries, classes)` squared distances: `squared_distances` of every block of classes, bit for
-        bit, with the product per block and the rest of the formula once over all classes."""
-        d = np.empty((len(x), len(norms)))
-        twice = 2 * x
-        for i in range(0, len(norms), CLASS_BLOCK):
-            d[:, i : i + CLASS_BLOCK] = twice @ self._block64(i).T
-        np.subtract(squared_norms(x)[:, None], d, out=d)
-        d += norms
-        return np.maximum(d, 0.0, out=d)
-
-    def _prototype_cache(self) -> tuple[list[str], np.ndarray]:
-        """The store's labels and its (metric-mapped) prototypes' squared norms, kept until the store
-        changes, and with them, for up to RESIDENT_CLASSES classes, the prototypes as float64: classify
-        then computes neither per call. Call with the lock held."""
-        store = self._store
-        cached = self._cache
-        if cached is None or cached[0] is not store or cached[1] != store.version:
-            self._cache = None
-            n = len(store)
-            self._resident = n <= RESIDENT_CLASSES
-            rows = n if self._resident else CLASS_BLOCK
-            if self._float64 is None or len(self._float64) < rows or self._float64.shape[1] != store.embedding_size:
-                size = min(RESIDENT_CLASSES, max(16, 2 * rows))  # room to grow: not a new buffer per class
-                self._float64 = np.empty((size, store.embedding_size), np.float64)
-            norms = np.empty(n)
-            for i in range(0, n, CLASS_BLOCK):
-                block = self._load_block(i)
-                norms[i : i + len(block)] = squared_norms(block)
-            cached = self._cache = (store, store.version, store.labels, norms)
-        return cached[2], cached[3]
-
-    def _block64(self, start: int) -> np.ndarray:
-        """Float64 prototypes `start:start + CLASS_BLOCK` (see `_prototype_cache`)."""
-        if self._resident:
-            return self._float64[start : min(start + CLASS_BLOCK, len(self._store))]
-        return self._load_block(start)
-
-    def _load_block(self, start: int) -> np.ndarray:
-        """Copies prototypes `start:start + CLASS_BLOCK`, metric-mapped, into the float64 buffer: at
-        their own rows while all classes fit in it, else at its start (one block at a time, per call).
-        A buffer kept between calls, because a fresh array of a block's size (256 KB for 64-d
-        embeddings) went to mmap and back on every call, page faults included."""
-        store = self._store
-        rows = min(len(store) - start, CLASS_BLOCK)
-        scratch = None
-        if store.prototype_dtype == "int8" and not self._resident:  # dequantized per call: a kept float32 buffer
-            if self._float32 is None or self._float32.shape[1] != store.embedding_size:
-                self._float32 = np.empty((CLASS_BLOCK, store.embedding_size), np.float32)
-            scratch = self._float32
-        block = store.prototype_block(start, start + CLASS_BLOCK, out=scratch)
-        if self.metric != "squared_euclidean":
-            block = for_metric(block, self.metric)
-        out = self._float64[start : start + rows] if self._resident else self._float64[:rows]
-        np.copyto(out, block)
-        return out
+    def _nearest(self, queries: np.ndarray, d: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the row of its nearest class and its score: the fitted head's probability when
+        one was fitted on these classes, else the softmax over negative distances."""
+        rows = np.arange(len(d))
+        if self._head is not None and list(self._head.labels) == labels:
+            best, p = self._head.predict(queries)
+            return best, p[rows, best]
+        # The softmax over negative distances, read at the nearest class only (the same values as the
+        # whole matrix's: one exp per distance, one sum per query).
+        best = d.argmin(1)
+        e = np.exp(d[rows, best][:, None] - d)
+        return best, e[rows, best] / e.sum(1)
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -320,87 +257,48 @@ class FewShotAdapter:
         store, or one over the budget is refused and changes nothing."""
         store = PrototypeStore.load(path, model_sha256=self.embedder.manifest.model_sha256)
         with self._lock:
-            if self._store_budget is not None and self._class_bytes(store) > self._store_budget:
-                raise MemoryBudgetError(f"{path} needs {self._class_bytes(store) / 2**20:.2f} MB for its classes; the budget "
-                                        f"leaves {self._store_budget / 2**20:.2f} MB.")
+            if self._budget is not None:
+                self._budget.check(store, str(path))
             self._store, self._head = store, None
 
     # -- internals ---------------------------------------------------------------------------------
-    def _threshold(self, value: float | str | None) -> float | None:
-        self._open_set_table = False
-        if value is None:
-            return None
-        if value == "calibrated":
-            open_set = getattr(self.embedder.manifest, "open_set", None) or {}
-            # With the calibration's per-class table the threshold follows the number of classes and
-            # their shots (more classes: more chances for a stranger to land near one).
-            self._open_set_table = bool(open_set.get("impostor_quantiles"))
-            self._threshold_cache: dict[tuple[int, int], float] = {}
-            return float(open_set["threshold"]) if "threshold" in open_set else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0:
-            return float(value)
-        raise ValueError(f"unknown_threshold must be 'calibrated', a distance >= 0 or None. Received: {value!r}")
+    def _embed_shots(self, images: Any) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The shots' metric-mapped float64 embeddings, and their raw uint8 pixels when the store keeps
+        images (to re-enroll under a new model)."""
+        raw = None
+        if self._store.keep_support == "images":
+            from edgemeta.format.preprocessing import as_image_list
 
-    def _threshold_for_classes(self, n_classes: int) -> float:
-        from edgemeta.runtime.threshold import threshold_for
+            images = raw = [_raw_uint8(image) for image in as_image_list(images)]
+        return for_metric(self.embedder.embed(images).astype(np.float64), self.metric), raw
 
-        key = (n_classes, min(self._store.median_count(), 10))  # the typical class's shots
-        if key not in self._threshold_cache:
-            self._threshold_cache[key] = threshold_for(self.embedder.manifest.open_set, n_classes, k_shot=key[1])
-        return self._threshold_cache[key]
-
-    @staticmethod
-    def _class_bytes(store: PrototypeStore) -> int:
-        """What the classes hold: the store, and what classify keeps per class between calls."""
-        return store.nbytes() + CLASSIFY_CACHE_BYTES * len(store)
-
-    def _bytes_for_classes(self, budget: int) -> int:
-        """The part of `budget` left for the classes: the budget minus what this process already holds,
-        the activations and transients of one full batch, and classify's float64 prototype buffers."""
-        from edgemeta.runtime.memory import current_rss_bytes, tensor_arena_bytes
-
-        batch = self.embedder.max_batch
-        arena = tensor_arena_bytes(self.embedder._interpreter, batch)
-        working = batch * (105 * 105 * 9 + int(np.prod(self.embedder.preprocessing.input_shape)) * 5)
-        size = self.embedder.embedding_size
-        buffers = 8 * size * RESIDENT_CLASSES + (4 * size * CLASS_BLOCK if self._store.prototype_dtype == "int8" else 0)
-        return budget - current_rss_bytes() - arena - working - buffers + self._class_bytes(self._store)
-
-    def _make_room(self, enrolled: str, capacity: int) -> list[str]:
-        """Classes to evict so the store fits its budget (raises when it cannot or may not). `capacity`:
-        the store's rows before `enrolled` was added; evicting gives back the rows it grew, no others."""
-        if self._store_budget is None or self._class_bytes(self._store) <= self._store_budget:
-            return []
-        if self.on_full == "error":
-            raise MemoryBudgetError(
-                f"Enrolling {enrolled!r} would need {self._class_bytes(self._store) / 2**20:.2f} MB for {len(self._store)} classes; "
-                f"the memory budget of {self.memory_budget / 2**20:.1f} MB leaves {self._store_budget / 2**20:.2f} MB "
-                "for classes. Nothing was changed. Forget classes, raise memory_budget, use "
-                "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
-        victims, freed = [], 0
-        order = self._store.by_last_use()
-        per_class = LABEL_BYTES + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES  # its array row stays, as a spare
-        grown = (self._store.capacity - capacity) * self._store.row_bytes  # freed by shrink_to(capacity)
-        for label in order:
-            if self._class_bytes(self._store) - freed <= self._store_budget:
-                break
-            if label != enrolled:
-                victims.append(label)
-                freed += (grown if len(victims) == 1 else 0) + per_class + self._store.support_bytes(label)
-        if self._class_bytes(self._store) - freed > self._store_budget:
-            raise MemoryBudgetError(f"{enrolled!r} alone does not fit the memory budget. Nothing was changed.")
-        if victims:
-            warnings.warn(f"Memory budget: evicted the least recently used class(es) {victims}.", RuntimeWarning,
-                          stacklevel=3)
-        return victims
+    def _evict_to_fit(self, enrolled: str, capacity: int, before: dict) -> None:
+        """With a budget, forgets the least recently used classes until the store fits it, or raises
+        (`MemoryBudget.make_room`). `before` receives the evicted rows, for `_undo`."""
+        if self._budget is None:
+            return
+        evicted = self._budget.make_room(self._store, enrolled, capacity, evict=self.on_full == "evict")
+        if not evicted:
+            return
+        warnings.warn(f"Memory budget: evicted the least recently used class(es) {evicted}.", RuntimeWarning,
+                      stacklevel=3)
+        for victim in evicted:
+            before.setdefault(victim, self._store.snapshot(victim))
+            self._store.remove(victim)
+        self._store.shrink_to(capacity)  # the evicted rows take back what the new class grew
+        self._budget.check(self._store, f"After evicting {evicted}, the store")  # a safety net: make_room's sum is exact
 
     def _persist(self) -> None:
         if self.state_path is not None:
             self._store.save(self.state_path)
 
-    def _undo(self, before: dict) -> None:
+    def _undo(self, before: dict, capacity: int | None = None) -> None:
+        """Puts the rows in `before` back; with `capacity`, frees the rows a refused class grew (they
+        would leave the store over its budget)."""
         for label, row in before.items():
             self._store.restore(label, row)
+        if capacity is not None:
+            self._store.shrink_to(capacity)
 
 
 def _raw_uint8(image: Any) -> np.ndarray:
@@ -411,4 +309,4 @@ def _raw_uint8(image: Any) -> np.ndarray:
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
 
 
-__all__ = ["FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError", "parse_bytes"]
+__all__ = ["FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError"]

@@ -8,10 +8,14 @@ The prediction is a sum of parts, each either measured once or computed from the
 - `model`: the model bytes, held once by the runtime and once more as the kernels' packed weights.
 - `arena`: the interpreter's activation tensors at the batch size, from the model's op order: the
   largest set of tensors alive at once.
-- `working`: the transient arrays of one call (raw and preprocessed images, the distance matrix).
+- `working`: the transient arrays of one call (raw and preprocessed images, the distance matrix), for
+  images of the size the bundle's manifest expects (`edgemeta.runtime.budget.working_set_bytes`).
 - `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), and what classify keeps
   per class between calls (a squared norm, a label slot).
 - `block`: classify's float64 copy of the prototypes, kept for up to `RESIDENT_CLASSES` classes.
+
+The costs themselves are `edgemeta.runtime.budget`'s, which the adapter's budget uses too; this module
+measures (resident memory, the activation arena, the runtime's own overhead) and adds them up.
 """
 
 from __future__ import annotations
@@ -26,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.runtime.store import CLASS_BLOCK, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+from edgemeta.runtime.budget import classify_buffer_bytes, raw_image_bytes, working_set_bytes
+from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
 
 MB = 1 << 20
-CLASSIFY_ARRAYS = 6  # (batch, classes) float64 arrays alive at once in classify: distances, logits, exp, ...
-RAW_IMAGE_BYTES = 105 * 105  # an Omniglot-sized grayscale uint8 photo; what `working` assumes per image
 
 
 def current_rss_bytes() -> int:
@@ -147,40 +150,30 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
     measured_on = "given"
     if runtime_bytes is None:
         runtime_bytes, measured_on = runtime_overhead_bytes(bundle)
-    input_pixels = int(np.prod(manifest.preprocessing.input_shape))
-    # Raw uint8 images, their float copies while preprocessing, the float input, and the int8 copy;
-    # with patches, the padded image and its patches in the model's input dtype, and the gather index of
-    # one image (8 bytes per patch value).
-    working = batch * (RAW_IMAGE_BYTES * (1 + 4 * 2) + input_pixels * (4 + 1) + 8 * manifest.embedding_size)
-    if manifest.input_patches > 1:
-        h, w, c = manifest.preprocessing.input_shape
-        itemsize = np.dtype(manifest.quantization.get("input_dtype", "float32")).itemsize
-        pad = manifest.input_patches - 1
-        patch_values = int(np.prod(manifest.model_input_shape))
-        working += batch * itemsize * ((h + pad) * (w + pad) * c + patch_values) + 8 * patch_values
-    return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena, working=working,
-                      per_class=store.bytes_per_class(shots), batch=batch, runtime_measured_on=measured_on,
-                      # classify's float64 prototypes, kept for up to RESIDENT_CLASSES classes (beyond, one
-                      # block at a time, with a block of dequantized int8 ones: 4 * CLASS_BLOCK more bytes
-                      # per dimension, spread here over RESIDENT_CLASSES classes)
-                      block=(8 + (4 * CLASS_BLOCK // RESIDENT_CLASSES if prototype_dtype == "int8" else 0))
-                      * manifest.embedding_size)
+    return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena,
+                      working=working_set_bytes(manifest, batch),
+                      per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest)), batch=batch,
+                      runtime_measured_on=measured_on,
+                      # classify's buffers, spread over the RESIDENT_CLASSES classes they are kept for
+                      block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype) // RESIDENT_CLASSES)
 
 
 _PROBE = r"""
 import json, sys
 from edgemeta.runtime import Embedder
+from edgemeta.runtime.budget import raw_image_shape
 from edgemeta.runtime.memory import peak_rss_bytes
 import numpy as np
 embedder = Embedder.from_bundle(sys.argv[1], num_threads=1)
-embedder.embed(np.zeros((1, 105, 105), np.uint8))
+h, w, c = raw_image_shape(embedder.manifest)
+embedder.embed(np.zeros((1, h, w) if c == 1 else (1, h, w, c), np.uint8))
 print(json.dumps({"peak": peak_rss_bytes()}))
 """
 
 
 def runtime_overhead_bytes(bundle: str | os.PathLike, refresh: bool = False) -> tuple[int, str]:
     """Resident memory of the runtime itself (interpreter library included), measured once per machine
-    in a fresh process that loads `bundle` and embeds one image, minus that bundle's model and batch-1
+    in a fresh process that loads `bundle` and embeds one image (of `raw_image_shape`), minus that bundle's model and batch-1
     arena. Cached in `$XDG_CACHE_HOME/edgemeta/runtime-overhead.json`; returns `(bytes, machine)`."""
     from edgemeta.format.bundle import read_bundle
     from edgemeta.runtime.interpreter import interpreter_class

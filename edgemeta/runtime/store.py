@@ -32,9 +32,6 @@ PROTOTYPE_DTYPES = ("float32", "int8")
 KEEP_SUPPORT = (None, "embeddings", "images")
 LABEL_BYTES = 120  # a short Python str, its list slot and its dict entry (measured: ~110-130 B)
 ROW_OBJECT_BYTES = 64  # the row's (empty) list of kept shots and its slot
-CLASS_BLOCK = 512  # prototypes compared per block in classify (bounds its temporary memory)
-RESIDENT_CLASSES = 2 * CLASS_BLOCK  # up to this many, classify keeps the float64 prototypes between calls
-CLASSIFY_CACHE_BYTES = 16  # per class, kept by classify between calls: a float64 norm and a slot in a label list
 
 
 class StoreError(ValueError):
@@ -160,10 +157,15 @@ class PrototypeStore:
         arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
         return arrays + (LABEL_BYTES + ROW_OBJECT_BYTES) * len(self._labels) + support
 
-    def bytes_per_class(self, shots: int = 5, image_bytes: int = 105 * 105) -> int:
-        """Memory one more class with `shots` shots takes in this store (what the planner multiplies)."""
-        per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": image_bytes + 100}[self.keep_support]
-        return self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot
+    def bytes_per_class(self, shots: int = 5, image_bytes: int | None = None) -> int:
+        """Memory one more class with `shots` shots takes in this store (what the planner multiplies).
+        A store that keeps images needs `image_bytes`, the size of one raw image (the store does not
+        know it: `edgemeta.runtime.budget.raw_image_bytes` reads it from the bundle's manifest)."""
+        if self.keep_support == "images" and image_bytes is None:
+            raise ValueError("bytes_per_class of a store that keeps images needs image_bytes, the bytes of one raw "
+                             "image (edgemeta.runtime.budget.raw_image_bytes(manifest)). Received: None")
+        per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": (image_bytes or 0) + 100}
+        return self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot[self.keep_support]
 
     @property
     def row_bytes(self) -> int:

@@ -1,4 +1,9 @@
-"""The open-set "unknown" threshold: from a bundle's calibration for the classes enrolled, and as users write it (numpy only)."""
+"""The open-set "unknown" threshold: from a bundle's calibration for the classes enrolled, and as users write it (numpy only).
+
+- `threshold_for`: the calibrated distance for N enrolled classes of k shots;
+- `UnknownThreshold`: the adapter's threshold (none, a distance, or "calibrated"), cached per class count;
+- `check_threshold` / `parse_threshold`: a threshold given in code / on the command line.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +80,44 @@ def parse_threshold(text: str, what: str = "--unknown-threshold") -> float | str
     if not 0.0 <= value < float("inf"):
         raise ValueError(f"{what} takes 'calibrated', 'none' or a distance >= 0. Received: {text!r}")
     return value
+
+
+def check_threshold(value: Any, what: str = "unknown_threshold", words: tuple[str, ...] = ("calibrated",)) -> float | str | None:
+    """A threshold given in code: None (never answer "unknown"), a distance >= 0 (returned as a float),
+    or one of `words`. Raises ValueError otherwise."""
+    if value is None or (isinstance(value, str) and value in words):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value < np.inf:
+        return float(value)
+    named = "".join(f"{word!r}, " for word in words)
+    raise ValueError(f"{what} must be {named}a distance >= 0 or None. Received: {value!r}")
+
+
+class UnknownThreshold:
+    """The distance beyond which the adapter answers "unknown".
+
+    `value` is None (always answer the nearest class), a distance, or "calibrated": the bundle's
+    open-set calibration (`open_set`, a manifest's). With the calibration's per-class table
+    (`impostor_quantiles`) the calibrated threshold follows the number of classes enrolled and their
+    typical shot count (more classes: more chances for a stranger to land near one), through
+    `threshold_for`; without it, it is the calibration's fixed `threshold` (None when there is none).
+    """
+
+    def __init__(self, value: float | str | None, open_set: dict[str, Any] | None = None) -> None:
+        value = check_threshold(value)
+        open_set = open_set or {}
+        self._open_set = open_set
+        self._per_class_count = value == "calibrated" and bool(open_set.get("impostor_quantiles"))
+        self._cache: dict[tuple[int, int], float] = {}
+        if value == "calibrated":
+            value = float(open_set["threshold"]) if "threshold" in open_set else None
+        self.value: float | None = value  # the fixed distance (for a per-class-count table: as calibrated)
+
+    def for_classes(self, n_classes: int, k_shot: int) -> float | None:
+        """The threshold with `n_classes` classes enrolled whose typical class has `k_shot` shots."""
+        if not self._per_class_count:
+            return self.value
+        key = (n_classes, max(1, min(k_shot, 10)))
+        if key not in self._cache:
+            self._cache[key] = threshold_for(self._open_set, n_classes, k_shot=key[1])
+        return self._cache[key]

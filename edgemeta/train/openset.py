@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from edgemeta.runtime.embedder import Embedder
-from edgemeta.runtime.prototypes import for_metric, squared_distances
+from edgemeta.runtime.evaluation import ci95
+from edgemeta.runtime.prototypes import for_metric, mean_prototypes, squared_distances
 from edgemeta.runtime.threshold import threshold_for
 
 # Shot counts the per-class impostor table is tabulated for (threshold_for interpolates in 1/k).
@@ -126,8 +127,7 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
 
     def rate(parts: list[np.ndarray]) -> tuple[float, float]:
         per_episode = np.array([p.mean() for p in parts])
-        ci = 1.96 * per_episode.std(ddof=1) / np.sqrt(len(parts)) if len(parts) > 1 else 0.0
-        return float(np.concatenate(parts).mean()), float(ci)
+        return float(np.concatenate(parts).mean()), ci95(per_episode)
 
     (unknown, unknown_ci), (frr, frr_ci) = rate(rejected), rate(false_reject)
     return {
@@ -143,8 +143,8 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
 
 def prototype_distances(mapped: np.ndarray, shots: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
     """The adapter's distance, `(n_queries, n_classes)`: `mapped` holds `for_metric`-mapped embeddings;
-    class c's prototype is the mean of rows `shots[c]`, mapped again (re-normalised for cosine)."""
-    return squared_distances(mapped[queries], for_metric(mapped[shots].mean(1), metric))
+    class c's prototype is `mean_prototypes` of rows `shots[c]`."""
+    return squared_distances(mapped[queries], mean_prototypes(mapped[shots], metric))
 
 
 def drop_rotated_copies(dataset):

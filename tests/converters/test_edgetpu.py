@@ -75,6 +75,17 @@ def test_check_refuses_what_is_not_a_model(tmp_path):
         check_edgetpu(tmp_path / "missing.tflite")
 
 
+def test_a_truncated_model_is_refused_by_the_checked_reader_not_misread(digits_run):
+    """The batch-1 copy walks the flatbuffer with the runtime's bounds-checked reader: a cut file is an
+    error naming what lies outside it, never a struct.error or bytes patched at a garbage offset."""
+    from edgemeta.runtime.verify import ModelVerificationError
+
+    model = (digits_run["bundles"]["int8"] / MODEL_FILE).read_bytes()
+    for cut in (200, len(model) // 2):
+        with pytest.raises(ModelVerificationError, match="truncated or corrupt: .* lies outside the file"):
+            static_batch_model(model[:cut])
+
+
 def test_check_itself_needs_no_tensorflow():
     # converters/__init__ imports the TensorFlow converter; the check module alone must not need it.
     code = f"""

@@ -40,6 +40,32 @@ def test_enroll_classify_refine_forget(adapter, digits_run):
     assert {p.label for p in adapter.classify(digit_images(digits_run, "7", 5))} <= {"5", "6"}
 
 
+@pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
+def test_the_shared_prototype_module_computes_what_the_adapter_does(digits_run, metric):
+    """Evaluation and calibration use `edgemeta.runtime.prototypes`; the adapter's answers must be its."""
+    from dataclasses import replace
+
+    from edgemeta.runtime import Embedder
+    from edgemeta.runtime.prototypes import class_prototypes, squared_distances
+
+    bundle = Embedder.from_bundle(digits_run["bundles"]["int8"])
+    bundle.manifest = replace(bundle.manifest, metric=metric)
+    adapter = FewShotAdapter(bundle)
+    support, labels = [], []
+    for label in ("5", "6", "9"):
+        images = digit_images(digits_run, label, 3)
+        adapter.enroll(label, images)
+        support += images
+        labels += [label] * 3
+    classes, protos = class_prototypes(bundle.embed(support), np.array(labels), metric)
+    assert classes.tolist() == adapter.labels
+    queries = digit_images(digits_run, "9", 4, start=10)
+    expected = squared_distances(class_prototypes(bundle.embed(queries), np.arange(4), metric)[1], protos)
+    got = adapter.classify(queries, unknown_threshold=None)
+    np.testing.assert_allclose([p.distance for p in got], expected.min(1), rtol=1e-5, atol=1e-6)
+    assert [p.nearest for p in got] == classes[expected.argmin(1)].tolist()
+
+
 def test_accepts_raw_forms(adapter, tmp_path):
     from PIL import Image
 

@@ -16,7 +16,9 @@ from PIL import Image
 from tests.harness import ROOT, run_python
 from edgemeta.format.bundle import read_bundle, write_bundle
 from edgemeta.runtime import Embedder
-from edgemeta.runtime.verify import ModelVerificationError, _Buffer, _run_in_child, verify_model
+from edgemeta.runtime.verify import ModelVerificationError, verify_model
+from edgemeta.runtime.verify.flatbuffer import Buffer
+from edgemeta.runtime.verify.probe import _run_in_child
 
 FUZZ = r"""
 import json, sys
@@ -91,7 +93,7 @@ def test_flipped_identifier_is_refused(int8_bundle, model_bytes, tmp_path):
 
 def _crashing_variants(model: bytes) -> dict[str, bytes]:
     """Structurally valid edits that LiteRT 2.3 was measured to crash on (SIGSEGV in allocate/invoke)."""
-    buf = _Buffer(model)
+    buf = Buffer(model)
     root = buf.table(buf.read("<I", 0, "root"), "model")
     codes = root.tables(1, "operator_codes")
     builtin = [code.scalar(3, "<i") or code.scalar(0, "<b") for code in codes]
@@ -138,7 +140,7 @@ def test_models_that_segfault_the_interpreter_are_refused_by_the_probe(int8_bund
 def test_model_whose_graph_computes_another_output_shape_is_refused(int8_bundle, model_bytes, tmp_path):
     # The file still declares output [1, 64], but the RESHAPE's constant target shape [-1, 64] becomes
     # [-1, 32]: each image yields two rows of 32. Only running the graph shows it.
-    buf = _Buffer(model_bytes)
+    buf = Buffer(model_bytes)
     root = buf.table(buf.read("<I", 0, "root"), "model")
     builtin = [code.scalar(3, "<i") or code.scalar(0, "<b") for code in root.tables(1, "operator_codes")]
     subgraph = root.tables(2, "subgraphs")[0]

@@ -12,6 +12,7 @@ import pytest
 
 from tests.harness import ROOT, blank_with_square, cli_in_process
 from edgemeta.runtime import FewShotAdapter, MemoryBudgetError
+from edgemeta.runtime.budget import class_bytes
 from edgemeta.runtime.memory import MB, current_rss_bytes
 
 PRESET = ROOT / "edgemeta" / "presets" / "omniglot"
@@ -68,7 +69,7 @@ def test_enrolling_past_the_budget_raises_and_changes_nothing(digits_run, tmp_pa
     with pytest.raises(MemoryBudgetError):
         adapter.enroll("one-more", shots)
     assert adapter.labels == full and state.read_bytes() == saved and adapter.store.nbytes() == held
-    assert adapter.store.nbytes() <= adapter._store_budget
+    assert adapter.store.nbytes() <= adapter._budget.for_classes
 
 
 def test_a_refused_enrollment_gives_back_the_rows_it_grew(digits_run, tmp_path):
@@ -100,7 +101,7 @@ def test_evict_mode_forgets_the_least_recently_used_class(digits_run):
                 adapter.store.touch(["c0"])  # c0 is in use: it must survive
     labels = adapter.labels
     assert "c59" in labels and "c0" in labels and "c1" not in labels
-    assert adapter._class_bytes(adapter.store) <= adapter._store_budget
+    assert class_bytes(adapter.store) <= adapter._budget.for_classes
 
 
 def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digits_run):
@@ -109,14 +110,14 @@ def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digi
     store creep over its budget, by a row per eviction."""
     adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], max_batch=1, on_full="evict",
                                          memory_budget=current_rss_bytes() + 2 * MB)
-    fits = adapter._store_budget // adapter.store.bytes_per_class(0)
+    fits = adapter._budget.for_classes // adapter.store.bytes_per_class(0)
     assert 100 < fits < 20_000, fits
     image, over = blank_with_square(lo=10, hi=60), []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an eviction warning per enrollment past the budget
         for c in range(int(fits * 1.3)):
             adapter.enroll(f"c{c}", image)
-            if adapter._class_bytes(adapter.store) > adapter._store_budget:
+            if class_bytes(adapter.store) > adapter._budget.for_classes:
                 over.append(c)
     assert len(adapter.labels) < fits * 1.3 and not over, f"over the budget after {len(over)} enrollments"
 
@@ -138,3 +139,66 @@ def test_int8_prototypes_classify_like_float32(digits_run):
     queries = [test.raw[i] for i in range(0, 300, 3)]
     same = np.mean([p.label == q.label for p, q in zip(exact.classify(queries), small.classify(queries))])
     assert same >= 0.97, same
+
+
+def _with_raw_shape(source, directory, raw_shape):
+    """A copy of bundle `source` whose manifest says which raw images to expect (the model is the same)."""
+    import dataclasses
+    import shutil
+
+    from edgemeta.format.bundle import MANIFEST_FILE, read_manifest, write_bundle
+
+    shutil.copytree(source, directory)
+    manifest = dataclasses.replace(read_manifest(directory), raw_shape=raw_shape)
+    (directory / MANIFEST_FILE).unlink()
+    return write_bundle(directory, (directory / "model.tflite").read_bytes(), manifest)
+
+
+def test_the_plan_follows_the_manifests_image_sizes_not_omniglots(digits_run, tmp_path):
+    """The digits bundle takes 28x28 grayscale input: without a raw size in its manifest the plan counts
+    images of that size; with `raw_shape` (224x224 RGB photos, say) it counts those. Nothing assumes 105x105."""
+    from edgemeta.format.bundle import read_manifest
+    from edgemeta.runtime.budget import raw_image_shape, working_set_bytes
+    from edgemeta.runtime.memory import plan_memory
+
+    plain = digits_run["bundles"]["int8"]
+    photos = _with_raw_shape(plain, tmp_path / "photos", (224, 224, 3))
+    assert read_manifest(plain).raw_shape is None and raw_image_shape(read_manifest(plain)) == (28, 28, 1)
+    assert read_manifest(photos).raw_shape == (224, 224, 3)
+    options = {"batch": 8, "shots": 5, "keep_support": "images", "runtime_bytes": 0}
+    small, large = plan_memory(plain, **options), plan_memory(photos, **options)
+    extra = 224 * 224 * 3 - 28 * 28  # bytes more per raw image
+    assert large.working - small.working == 8 * extra * (1 + 4 * 2)  # the images and two float copies, per image
+    assert large.per_class - small.per_class == 5 * extra  # five kept shots
+    assert (large.arena, large.model, large.block) == (small.arena, small.model, small.block)  # the same model
+    # The adapter's budget subtracts the same working set from what it leaves for the classes.
+    for bundle in (plain, photos):
+        manifest = read_manifest(bundle)
+        assert working_set_bytes(manifest, 8) == plan_memory(bundle, **options).working
+
+
+def test_a_224x224_rgb_manifest_plans_224x224x3_images():
+    """A future photo bundle (no model needed for the arithmetic): raw images default to its input size."""
+    from edgemeta.format.bundle import Manifest
+    from edgemeta.format.preprocessing import Preprocessing
+    from edgemeta.runtime.budget import raw_image_bytes, working_set_bytes
+
+    manifest = Manifest(Preprocessing(224, 224, 3), embedding_size=128)
+    pixels = 224 * 224 * 3
+    assert raw_image_bytes(manifest) == pixels
+    assert working_set_bytes(manifest, 4) == 4 * (pixels * 9 + pixels * 5 + 8 * 128)
+    assert Manifest.from_dict(Manifest(Preprocessing(224, 224, 3), 128, raw_shape=(480, 640, 3)).to_dict()).raw_shape \
+        == (480, 640, 3)
+    with pytest.raises(ValueError, match="raw_shape must be"):
+        Manifest(Preprocessing(), 64, raw_shape=(105, 105))
+
+
+def test_the_adapters_budget_leaves_less_for_classes_when_the_manifest_expects_larger_images(digits_run, tmp_path,
+                                                                                              monkeypatch):
+    import edgemeta.runtime.memory as memory
+
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: 100 * MB)  # the same process size for both
+    photos = _with_raw_shape(digits_run["bundles"]["int8"], tmp_path / "photos", (224, 224, 3))
+    left = [FewShotAdapter.from_bundle(b, max_batch=4, memory_budget=200 * MB)._budget.for_classes
+            for b in (digits_run["bundles"]["int8"], photos)]
+    assert left[0] - left[1] == 4 * (224 * 224 * 3 - 28 * 28) * 9

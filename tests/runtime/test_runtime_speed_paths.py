@@ -118,7 +118,7 @@ def reference_classify(adapter: FewShotAdapter, images, threshold):
     ("int8", "cosine", 1100),
 ])
 def test_classify_with_cached_prototypes_equals_distances_from_scratch(tmp_path, prototype_dtype, metric, classes):
-    from edgemeta.runtime.store import RESIDENT_CLASSES
+    from edgemeta.runtime.index import RESIDENT_CLASSES
 
     bundle = tmp_path / "bundle"
     shutil.copytree(PRESET, bundle)
@@ -134,9 +134,9 @@ def test_classify_with_cached_prototypes_equals_distances_from_scratch(tmp_path,
 
     for i in range(classes):  # one shot each: a square of its own size and place
         adapter.enroll(f"c{i}", blank_with_square(lo=i % 40, hi=45 + (i // 40) % 55))
-    assert (classes <= RESIDENT_CLASSES) == adapter._resident or adapter._cache is None
+    assert (classes <= RESIDENT_CLASSES) == adapter._index._resident or adapter._index._cache is None
     check()
-    assert (classes <= RESIDENT_CLASSES) == adapter._resident
+    assert (classes <= RESIDENT_CLASSES) == adapter._index._resident
     check()  # again, from what was kept
     adapter.enroll("c8", blank_with_square(lo=3, hi=90))  # a class's prototype moves
     check()
