@@ -80,16 +80,11 @@ class BoardState:
 def _store_header(data: bytes) -> dict | None:
     """The JSON header of a version-2 store file from its first bytes; None when more bytes are needed
     or the file is of another format (then the whole file is read)."""
-    from edgemeta.runtime.store import MAGIC
+    from edgemeta.runtime.store import StoreError, read_header
 
-    if data[:8] != MAGIC or len(data) < 12:
-        return None
-    length = int.from_bytes(data[8:12], "little")
-    if len(data) < 12 + length:
-        return None
     try:
-        return json.loads(data[12 : 12 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return read_header(data)[0]
+    except StoreError:
         return None
 
 

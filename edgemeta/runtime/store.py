@@ -50,6 +50,26 @@ class _Row:
     support: list[Any]
 
 
+def read_header(data: bytes, source: str = "the store") -> tuple[dict[str, Any], int]:
+    """The JSON header of a version-2 store and the offset where its arrays start, from the file's first
+    bytes (`12 +` the header's length suffice: deploy reads a board's store header without the whole file).
+
+    Raises StoreError when `data` is not the start of a version-2 store, or is too short to hold its header."""
+    if data[:8] != MAGIC or len(data) < 12:
+        raise StoreError(f"{source} is not an edgemeta prototype store. Received: first bytes {data[:8]!r}, "
+                         f"expected {MAGIC!r}")
+    (header_length,) = struct.unpack("<I", data[8:12])
+    if len(data) < 12 + header_length:
+        raise StoreError(f"{source} is truncated: its header needs {12 + header_length} bytes. Received: {len(data)}")
+    try:
+        header = json.loads(data[12 : 12 + header_length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{source} is corrupt: its header does not parse ({e}).") from e
+    if not isinstance(header, dict):
+        raise StoreError(f"{source} is corrupt: its header is not a JSON object. Received: {type(header).__name__}")
+    return header, 12 + header_length
+
+
 class PrototypeStore:
     """Per-class running means and counts for a model with `embedding_size`-d embeddings.
 
@@ -289,15 +309,8 @@ class PrototypeStore:
 
     @classmethod
     def _from_v2(cls, data: bytes, source: str) -> "PrototypeStore":
-        if data[:8] != MAGIC or len(data) < 12:
-            raise StoreError(f"{source} is not an edgemeta prototype store. Received: first bytes {data[:8]!r}, "
-                             f"expected {MAGIC!r}")
-        (header_length,) = struct.unpack("<I", data[8:12])
-        try:
-            header = json.loads(data[12 : 12 + header_length])
-            version = header.get("format_version")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise StoreError(f"{source} is corrupt: its header does not parse ({e}).") from e
+        header, payload_start = read_header(data, source)
+        version = header.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(f"{source} has store format version {version!r}; this edgemeta "
                              f"reads versions 1 and {FORMAT_VERSION}. Upgrade edgemeta.")
@@ -305,7 +318,7 @@ class PrototypeStore:
         if sha256(body).digest() != digest:
             raise StoreError(f"{source} is corrupt: its contents do not match its checksum "
                              f"(Received {len(data)} bytes; truncated or damaged).")
-        payload = body[12 + header_length :]
+        payload = body[payload_start:]
         store = cls(header["embedding_size"], header["model_sha256"], header["prototype_dtype"], header["keep_support"])
         with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
             store._means, store._scales = arrays["means"], arrays["scales"]
