@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgemeta.runtime import Embedder, FewShotAdapter
-from edgemeta.runtime.verify import ModelVerificationError, _Buffer
+from edgemeta.runtime.verify import ModelVerificationError
+from edgemeta.runtime.verify.flatbuffer import Buffer
 
 # Share of the cases per corruption kind (the rest of the header kinds split the remainder evenly).
 MIX = (("truncate", 0.2), ("flip", 0.3), ("flip-metadata", 0.3), ("identifier", 0.067),
@@ -42,7 +43,7 @@ MIX = (("truncate", 0.2), ("flip", 0.3), ("flip-metadata", 0.3), ("identifier", 
 
 def weight_bytes(model: bytes) -> set[int]:
     """Offsets of constant tensor data (weights): a flip there still gives a valid model."""
-    buf = _Buffer(model)
+    buf = Buffer(model)
     root = buf.table(buf.read("<I", 0, "root"), "model")
     covered: set[int] = set()
     for buffer in root.tables(4, "buffers"):

@@ -35,10 +35,6 @@ from edgemeta.runtime.verify.structure import (MAX_ACTIVATION_BYTES, MAX_RANK, S
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest
 
-# The names this package had as one module, for callers that still import them here
-# (benchmarks/fuzz_models.py reads models with `_Buffer`).
-_Buffer, _Table = Buffer, Table
-
 __all__ = ["FILE_IDENTIFIER", "MAX_ACTIVATION_BYTES", "MAX_RANK", "PROBE_TIMEOUT", "SCHEMA_VERSION", "TENSOR_TYPES",
            "ModelInfo", "ModelVerificationError", "TensorInfo", "check_against_manifest", "probe_model", "read_model",
            "verify_model"]
