@@ -26,6 +26,7 @@ from edgemeta.data import ImageClassDataset, load_digits, load_omniglot
 from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime import Embedder
+from edgemeta.runtime.evaluation import ci95
 from edgemeta.runtime.head import SoftmaxHead
 from edgemeta.runtime.prototypes import for_metric, squared_distances
 from edgemeta.train.training import OMNIGLOT_TEST
@@ -41,8 +42,7 @@ HEADS = (
 
 
 def mean_ci(values) -> tuple[float, float]:
-    a = np.asarray(values, np.float64)
-    return float(a.mean()), float(1.96 * a.std(ddof=1) / np.sqrt(len(a)))
+    return float(np.mean(values)), ci95(values)
 
 
 def evaluate_task(z: np.ndarray, sampler: EpisodeSampler, episodes: int, metric: str) -> dict:

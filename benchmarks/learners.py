@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The fixed budget: optimizer steps per learner (episode shapes and options: edgemeta.train.pipeline.LEARNER_SETTINGS).
+# The fixed budget: optimizer steps per learner (episode shapes and options: edgemeta.train.recipes.LEARNER_SETTINGS).
 # Started at 1000 (Reptile 600) for every learner; the learners that missed the 5-way 1-shot target there
 # were given more steps (docs/learners.md has the tables). The whole suite takes about 6 hours on 2 cores.
 STEPS = {"protonet": 1000, "matching": 2000, "relation": 20000, "maml": 2000, "fomaml": 2000, "anil": 2000,
@@ -32,7 +32,7 @@ TASKS = ((5, 1), (5, 5), (20, 1))
 
 
 def config_for(name: str, data_dir: str, steps: int | None = None, mixed_precision: str | None = None):
-    from edgemeta.train.pipeline import recipe_for
+    from edgemeta.train.recipes import recipe_for
 
     steps = steps or STEPS[name]
     return recipe_for("omniglot-split", name, data_dir=data_dir, steps=steps, epochs=min(10, steps), deterministic=False,
@@ -57,8 +57,9 @@ def finished(run_dir: Path, config) -> bool:
 def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes: int) -> dict:
     from converters import export_bundle
     from edgemeta.train.episodes import EpisodeSampler
-    from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras, evaluate_learner
     from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.runtime.evaluation import evaluate_adapter
+    from edgemeta.train.evaluation import evaluate_keras, evaluate_learner
     from edgemeta.train.training import load_learner, load_split
 
     learner, run = load_learner(run_dir)

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from converters import export_bundle
-from edgemeta.train.episodes import EpisodeSampler
-from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras
-from edgemeta.train.pipeline import RECIPES, per_image_latency_ms
 from edgemeta.runtime import Embedder, FewShotAdapter
+from edgemeta.runtime.evaluation import evaluate_adapter, per_image_latency_ms
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.train.evaluation import evaluate_keras
+from edgemeta.train.recipes import RECIPES
 from edgemeta.train.training import TrainConfig, load_run, load_split, train
 
 

@@ -101,7 +101,7 @@ def train_fold(directory: Path, fit_groups, val_groups, data_dir: str | None, st
     if (directory / "int8" / "manifest.json").is_file():
         return directory / "int8"
     from converters import export_bundle
-    from edgemeta.train.pipeline import RECIPES
+    from edgemeta.train.recipes import RECIPES
     from edgemeta.train.training import train
 
     config = replace(RECIPES["omniglot-split"], data_dir=data_dir, train_groups=tuple(fit_groups),

@@ -17,8 +17,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgemeta.data.omniglot import load_omniglot  # noqa: E402
-from edgemeta.train.evaluation import evaluate_adapter_on_episodes  # noqa: E402
 from edgemeta.runtime import Embedder, FewShotAdapter, interpreter_class  # noqa: E402
+from edgemeta.runtime.evaluation import evaluate_adapter_on_episodes  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("bundle")

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 L2L_SCRIPT = ROOT / "benchmarks" / "l2l_train.py"
 # The two settings. ProtoNet: the 60-way episodes edgemeta's Omniglot recipe trains on. MAML: the setting
-# edgemeta's learner benchmark trains it with (edgemeta.train.pipeline.LEARNER_SETTINGS: 5-way 1-shot 5-query
+# edgemeta's learner benchmark trains it with (edgemeta.train.recipes.LEARNER_SETTINGS: 5-way 1-shot 5-query
 # tasks, 8 per meta-batch, 1 second-order inner step of 0.4), Finn et al.'s Omniglot inner step.
 SETTINGS = {
     "protonet": {"n_way": 60, "k_shot": 1, "n_query": 5, "meta_batch": 1, "learning_rate": 1e-3, "options": {}},

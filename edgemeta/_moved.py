@@ -21,12 +21,13 @@ MOVED: dict[str, str] = {
     "edgemeta.learners": "edgemeta.train.learners",
     "edgemeta.openset": "edgemeta.train.openset",
     "edgemeta.patches": "edgemeta.format.patches",
-    "edgemeta.pipeline": "edgemeta.train.pipeline",
+    "edgemeta.pipeline": "edgemeta.cli.deprecated_pipeline",  # its names scattered; the shim re-exports them
     "edgemeta.preprocessing": "edgemeta.format.preprocessing",
     "edgemeta.runtime.metric": "edgemeta.runtime.prototypes",
     "edgemeta.runtime.openset_threshold": "edgemeta.runtime.threshold",
     "edgemeta.service": "edgemeta.serve",
     "edgemeta.training": "edgemeta.train.training",
+    "edgemeta.train.pipeline": "edgemeta.cli.deprecated_pipeline",
 }
 
 

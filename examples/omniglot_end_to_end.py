@@ -9,10 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters import export_bundle
-from edgemeta.train.episodes import EpisodeSampler
-from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras
-from edgemeta.train.pipeline import RECIPES
 from edgemeta.runtime import FewShotAdapter
+from edgemeta.runtime.evaluation import evaluate_adapter
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.train.evaluation import evaluate_keras
+from edgemeta.train.recipes import RECIPES
 from edgemeta.train.training import train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

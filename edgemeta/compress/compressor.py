@@ -1,23 +1,34 @@
-"""Runs compression recipes on a trained run: episodic fine-tuning stages, conversion to a bundle, report."""
+"""Runs compression recipes on a trained run: episodic fine-tuning stages, conversion to a bundle, report.
+
+The conversion is passed in (`export_bundle`, `to_tflite`: `converters`' functions, which the CLI supplies):
+`converters` depends on edgemeta, so edgemeta does not import it back.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgemeta import __version__
 from edgemeta.train.backend import keras
 from edgemeta.compress.recipe import CompressionRecipe
 
 STUDENT_FILE = "student.json"
+# converters.export_bundle(model, out_dir, preprocessing, quantization, representative_images, metric, provenance) -> Path
+ExportBundle = Callable[..., Path]
+# converters.to_tflite(model, quantization) -> the .tflite bytes
+ToTFLite = Callable[..., bytes]
 
 
 def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path, data_dir: str | None = None,
-             episodes: int = 600, verbose: int | str = 2, students_dir: str | Path | None = None) -> dict[str, Any]:
-    """Compresses the embedding of the run in `run_dir` by `recipe` and writes the bundle to `out_dir`.
+             episodes: int = 600, verbose: int | str = 2, students_dir: str | Path | None = None, *,
+             export_bundle: ExportBundle) -> dict[str, Any]:
+    """Compresses the embedding of the run in `run_dir` by `recipe` and writes the bundle to `out_dir`
+    with `export_bundle` (`converters.export_bundle`).
 
     Returns the variant's report row: sizes, sparsity, parameters, multiply-accumulates, 1-thread
     latency and, when the run has held-out classes and `episodes` > 0, 5-way and 20-way 1-shot accuracy
@@ -25,9 +36,10 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
     reused by recipes that distil the same way.
 
     Example:
-        >>> compress("runs/omniglot-split", CompressionRecipe(prune=0.5), "runs/pruned")  # doctest: +SKIP
+        >>> from converters import export_bundle  # doctest: +SKIP
+        >>> recipe = CompressionRecipe(prune=0.5)  # doctest: +SKIP
+        >>> compress("runs/omniglot-split", recipe, "runs/pruned", export_bundle=export_bundle)  # doctest: +SKIP
     """
-    from converters import export_bundle
     from edgemeta.compress.report import measure_bundle
     from edgemeta.train.training import load_run, load_split
 
@@ -124,11 +136,11 @@ def distil(teacher, train_set, config, recipe: CompressionRecipe, cache_dir: Pat
 
 def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionRecipe], out_dir: str | Path,
                       data_dir: str | None = None, episodes: int = 600, verbose: int | str = 2,
-                      command: str = "") -> dict[str, Any]:
+                      command: str = "", *, export_bundle: ExportBundle, to_tflite: ToTFLite) -> dict[str, Any]:
     """Runs every recipe on the run, each into `out_dir/NAME/` (reusing variants an earlier, interrupted
     report in `out_dir` finished with the same recipe), measures the float teacher on the same held-out episodes, and writes `report.json`, `report.md` and `pareto.png` into `out_dir` (with
-    `episodes=0`: the bundles only, for runs without held-out classes)."""
-    from converters import to_tflite
+    `episodes=0`: the bundles only, for runs without held-out classes). `export_bundle` and `to_tflite`
+    are `converters`' (the teacher's float32 size comes from `to_tflite`)."""
     from edgemeta.compress.report import feasible_tasks, side_by_side_latency_ms, write_report
     from edgemeta.train.episodes import EpisodeSampler
     from edgemeta.train.evaluation import evaluate_keras
@@ -153,7 +165,8 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
     for name, recipe in recipes.items():
         row = done.get(name)
         if row is None or CompressionRecipe.from_dict(row["recipe"]) != recipe:
-            row = compress(run_dir, recipe, out_dir / name, data_dir, episodes, verbose, students_dir=_student_dir(out_dir, recipe))
+            row = compress(run_dir, recipe, out_dir / name, data_dir, episodes, verbose,
+                           students_dir=_student_dir(out_dir, recipe), export_bundle=export_bundle)
         report["variants"].append({**row, "name": name})
         (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")  # progress survives a crash
     if episodes:

@@ -37,10 +37,9 @@ def measure_bundle(model: keras.Model, bundle: str | Path, test_set, episodes: i
     quantization (for parameters, multiply-accumulates and sparsity); accuracy and latency are measured
     through the runtime on `bundle`, on held-out `test_set` episodes, one interpreter thread."""
     from edgemeta.compress.pruning import kernel_sparsity
-    from edgemeta.train.episodes import EpisodeSampler
-    from edgemeta.train.evaluation import evaluate_adapter
-    from edgemeta.train.pipeline import per_image_latency_ms
     from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.runtime.evaluation import evaluate_adapter, per_image_latency_ms
+    from edgemeta.train.episodes import EpisodeSampler
 
     model_bytes = (Path(bundle) / MODEL_FILE).read_bytes()
     embedder = Embedder.from_bundle(bundle, num_threads=1)

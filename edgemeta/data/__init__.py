@@ -1,8 +1,9 @@
-"""Datasets as in-memory labelled image sets (TensorFlow-free); episodes live in `edgemeta.train.episodes`."""
+"""Datasets as in-memory labelled image sets, and the seeded episodes drawn from them (TensorFlow-free)."""
 
 from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.data.digits import load_digits
+from edgemeta.data.episodes import Episode, EpisodeIndices
 from edgemeta.data.folder import load_image_folder
 from edgemeta.data.omniglot import load_omniglot
 
-__all__ = ["ImageClassDataset", "load_digits", "load_image_folder", "load_omniglot"]
+__all__ = ["Episode", "EpisodeIndices", "ImageClassDataset", "load_digits", "load_image_folder", "load_omniglot"]

@@ -1,87 +1,36 @@
-"""Seeded tf.data pipelines of N-way K-shot episodes drawn from an `ImageClassDataset`.
+"""tf.data pipelines of N-way K-shot episodes for Keras: the numpy `EpisodeIndices` gathered into images.
 
 An episode is `(support, support_labels, query, query_labels)`: support is class-major (the K shots of
 class 0, then of class 1, ...), labels are episode-local in [0, N). Episode `i` of a sampler depends
-only on `(seed, i)` (stateless random ops), so two samplers with one seed yield the same episodes —
-which is how the Keras model and the on-device runtime are compared on identical tasks.
+only on `(seed, i)` (`edgemeta.data.episodes.EpisodeIndices`), so two samplers with one seed yield the
+same episodes, and so does the TensorFlow-free bundle evaluation: the Keras model and the on-device
+runtime are compared on identical tasks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgemeta.data.episodes import EpisodeIndices
 from edgemeta.train.backend import tf
-from edgemeta.data.dataset import ImageClassDataset
 
 
-class EpisodeSampler:
-    """Draws N-way K-shot Q-query episodes; `within_group=True` keeps each episode inside one group
-    (Omniglot: one alphabet, as in Lake et al.'s one-shot protocol).
+class EpisodeSampler(EpisodeIndices):
+    """`EpisodeIndices` (same arguments, same episodes) with tf.data views: `indices()` and Keras-ready
+    `episodes()`.
 
     Example:
         >>> sampler = EpisodeSampler(ds, n_way=5, k_shot=1, n_query=5, seed=0)  # doctest: +SKIP
         >>> model.fit(sampler.episodes(), steps_per_epoch=100)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        dataset: ImageClassDataset,
-        n_way: int,
-        k_shot: int,
-        n_query: int,
-        within_group: bool = False,
-        seed: int = 0,
-    ) -> None:
-        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be at least 1. Received: {value}")
-        counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
-        need = k_shot + n_query
-        if counts.min() < need:
-            worst = int(np.argmin(counts))
-            raise ValueError(
-                f"Every class needs k_shot + n_query = {need} images. Received: class "
-                f"{dataset.class_names[worst]!r} has {counts[worst]}."
-            )
-        group_names = sorted(set(dataset.groups))
-        group_of_class = np.array([group_names.index(g) for g in dataset.groups], np.int32)
-        classes_per_group = np.bincount(group_of_class, minlength=len(group_names))
-        eligible = np.flatnonzero(classes_per_group >= n_way).astype(np.int32)
-        if within_group and len(eligible) == 0:
-            raise ValueError(
-                f"within_group needs a group with at least n_way={n_way} classes. Received: groups with at most "
-                f"{classes_per_group.max()} classes."
-            )
-        if n_way > dataset.num_classes:
-            raise ValueError(f"n_way={n_way} exceeds the dataset's {dataset.num_classes} classes.")
-        self.dataset = dataset
-        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
-        self.within_group, self.seed = bool(within_group), int(seed)
-        table = np.full((dataset.num_classes, counts.max()), -1, np.int32)
-        for c in range(dataset.num_classes):
-            members = np.flatnonzero(dataset.labels == c)
-            table[c, : len(members)] = members
-        self._table = tf.constant(table)
-        self._group_of_class = tf.constant(group_of_class)
-        self._eligible_groups = tf.constant(eligible)
-
     def _sample(self, index: tf.Tensor):
-        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(self.seed, tf.int64), index]), 3)
-        num_classes = tf.shape(self._table)[0]
-        u = tf.random.stateless_uniform([num_classes], seeds[0])
-        if self.within_group:
-            pick = tf.random.stateless_uniform([], seeds[1], 0, tf.size(self._eligible_groups), tf.int32)
-            u = tf.where(self._group_of_class == self._eligible_groups[pick], u, 2.0)
-        classes = tf.argsort(u)[: self.n_way]
-        rows = tf.gather(self._table, classes)
-        v = tf.random.stateless_uniform(tf.shape(rows), seeds[2])
-        order = tf.argsort(tf.where(rows >= 0, v, 2.0), axis=1)[:, : self.k_shot + self.n_query]
-        chosen = tf.gather(rows, order, batch_dims=1)
-        support = tf.reshape(chosen[:, : self.k_shot], [-1])
-        query = tf.reshape(chosen[:, self.k_shot :], [-1])
-        support_labels = tf.repeat(tf.range(self.n_way), self.k_shot)
-        query_labels = tf.repeat(tf.range(self.n_way), self.n_query)
-        return support, support_labels, query, query_labels
+        """Episode `index` (a scalar int64 tensor) as four int32 tensors, drawn by the numpy description."""
+        n_support, n_query = self.n_way * self.k_shot, self.n_way * self.n_query
+        episode = tf.numpy_function(lambda i: tuple(self[i]), [index], [tf.int32] * 4, stateful=False)
+        for tensor, size in zip(episode, (n_support, n_support, n_query, n_query)):
+            tensor.set_shape([size])
+        return tuple(episode)
 
     def indices(self, start: int = 0) -> tf.data.Dataset:
         """Infinite dataset of `(support_idx, support_labels, query_idx, query_labels)` into the dataset."""

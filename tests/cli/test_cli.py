@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from tests.harness import blank_with_square, cli_in_process, run_cli
+from tests.harness import blank_with_square, cli_in_process, run_cli, run_python
 
 
 def test_train_export_evaluate_adapt(tmp_path):
@@ -101,3 +101,31 @@ def test_deploy_and_serve_are_wired_into_the_command(digits_run):
     assert bad.returncode == 2 and "Received: 'notaurl'" in bad.stderr
     exposed = cli_in_process("device", "serve", "--preset", "omniglot", "--host", "0.0.0.0", "--port", "0")
     assert exposed.returncode == 2 and "give it a token" in exposed.stderr
+
+
+def test_old_workflow_paths_import_with_a_deprecation_warning():
+    """`edgemeta.pipeline` / `edgemeta.train.pipeline` scattered to their homes in 0.2; their names still
+    import (the same objects) and say where they went."""
+    code = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from edgemeta.pipeline import RECIPES, export_run, per_image_latency_ms, run_demo
+    from edgemeta.train.pipeline import EvalResult, LEARNER_SETTINGS, build_preset, evaluate_path, recipe_for
+    from edgemeta.train.evaluation import evaluate_adapter
+from edgemeta.cli.demo import run_demo as demo
+from edgemeta.cli.export import export_run as export
+from edgemeta.runtime import evaluation
+from edgemeta.train import recipes
+same = [RECIPES is recipes.RECIPES, recipe_for is recipes.recipe_for, export_run is export, run_demo is demo,
+        per_image_latency_ms is evaluation.per_image_latency_ms, evaluate_adapter is evaluation.evaluate_adapter,
+        EvalResult is evaluation.EvalResult]
+print(json.dumps({"same": same, "warnings": [str(w.message) for w in caught if w.category is DeprecationWarning]}))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert all(report["same"]), report
+    warned = " ".join(report["warnings"])
+    for old in ("edgemeta.pipeline moved", "edgemeta.train.pipeline moved", "edgemeta.train.evaluation.evaluate_adapter moved"):
+        assert old in warned, report["warnings"]

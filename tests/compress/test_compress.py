@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.harness import cli_in_process, run_cli
+from converters import export_bundle, to_tflite
 from edgemeta.compress import CompressionRecipe, compress, compress_variants, load_recipes
 
 STEPS = 6  # a few fine-tuning steps per stage: enough to exercise every wrapper and schedule
@@ -41,7 +42,8 @@ def _fine_tune(digits_run, recipe):
 
 
 def test_pruning_reaches_the_target_sparsity_and_shrinks_the_gzipped_bundle(digits_run, tmp_path):
-    row = compress(digits_run["run"], CompressionRecipe(prune=0.75, steps=STEPS), tmp_path / "p75", episodes=30, verbose=0)
+    row = compress(digits_run["run"], CompressionRecipe(prune=0.75, steps=STEPS), tmp_path / "p75", episodes=30, verbose=0,
+                   export_bundle=export_bundle)
     assert row["sparsity"] == pytest.approx(0.75, abs=0.01)
     kernels = _tflite_kernels((tmp_path / "p75" / "model.tflite").read_bytes())
     assert len(kernels) == 4 and sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.74  # in the shipped file
@@ -173,7 +175,8 @@ def test_distiller_geometry_term_pulls_student_distances_toward_the_teachers(dig
 def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
     recipes = {"float32": CompressionRecipe(quantization="float32"), "int8": CompressionRecipe(),
                "prune50": CompressionRecipe(prune=0.5, steps=3)}
-    report = compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0)
+    report = compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0,
+                               export_bundle=export_bundle, to_tflite=to_tflite)
     assert set(report["teacher"]) == {"params", "float32_tflite_bytes", "keras_float"}
     for v in report["variants"]:
         assert {"tflite_bytes", "gzip_bytes", "sparsity", "params", "macs", "latency_ms", "model_latency_ms", "accuracy",
@@ -189,7 +192,8 @@ def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
     assert all(f"| {name} |" in md for name in recipes)
     # Run again: finished variants are reused, not re-trained.
     before = (tmp_path / "prune50" / "model.tflite").stat().st_mtime_ns
-    compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0)
+    compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0,
+                      export_bundle=export_bundle, to_tflite=to_tflite)
     assert (tmp_path / "prune50" / "model.tflite").stat().st_mtime_ns == before
 
 

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-LOSS_RTOL = 1e-3  # per-step training loss, distributed vs one device (float reduction order only)
+LOSS_RTOL = 1e-3  # the first compared step's loss, distributed vs one device: float reduction order only
+# Later steps drift apart: Adam's first updates move each weight by about ±lr by its gradient's sign, so a near-zero
+# gradient whose sign the reduction order flips sends that weight the other way. Measured on seeds 0-3, one device
+# against 2 replicas: at most 0.028 (0.049 with 0.1's tf.data sampler, which passed 1e-3 at seed 3 by luck of its
+# episodes); another episode stream differs by 2-115 % per step, so some step still tells it apart.
+DRIFT_RTOL = 0.05
 EMBEDDING_RTOL = 0.02  # relative L2 difference of the trained embeddings of 40 images (measured 0.0004-0.004)
 
 
@@ -39,7 +44,9 @@ def report_of(proc: subprocess.Popen, timeout: float = 300) -> dict:
 
 
 def assert_matches(reference: dict, other: dict, losses_from: int = 0) -> None:
-    np.testing.assert_allclose(other["losses"], reference["losses"][losses_from:], rtol=LOSS_RTOL)
+    losses, expected = other["losses"], reference["losses"][losses_from:]
+    np.testing.assert_allclose(losses[0], expected[0], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(losses, expected, rtol=DRIFT_RTOL)
     a, b = np.array(reference["embedding"]), np.array(other["embedding"])
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < EMBEDDING_RTOL
 

@@ -3,7 +3,8 @@ the 3 held-out alphabets far better than the same network untrained, in Keras an
 runtime on the same episodes."""
 
 from edgemeta.train.episodes import EpisodeSampler
-from edgemeta.train.evaluation import evaluate_adapter, evaluate_keras
+from edgemeta.runtime.evaluation import evaluate_adapter
+from edgemeta.train.evaluation import evaluate_keras
 from edgemeta.train.learners import conv4
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.harness import run_python
+from edgemeta.cli.export import export_run
 from edgemeta.format.bundle import MANIFEST_FILE, read_bundle, update_open_set
 from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, prototype_distances, unknown_rate
-from edgemeta.train.pipeline import export_run
 from edgemeta.runtime import Embedder, FewShotAdapter
 from edgemeta.runtime.prototypes import for_metric
 from edgemeta.runtime.threshold import threshold_for

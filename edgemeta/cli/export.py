@@ -1,0 +1,108 @@
+"""`edgemeta export`: convert a trained run to a bundle, measure it on held-out classes and calibrate its open-set threshold."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgemeta import __version__
+from edgemeta.format.bundle import QUANTIZATIONS
+
+HELP = "convert a run to a bundle (model.tflite + manifest.json)"
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
+    p = parser
+    p.add_argument("run", help="run directory written by `edgemeta train`")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
+    p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
+
+
+def run(args: argparse.Namespace) -> int:
+    path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir)
+    print(f"Bundle written to {path}/")
+    for task, r in measured.items():
+        if "runtime" in r:
+            own = f"own adaptation {100 * r['own_adaptation']['accuracy']:.2f} %, " if "own_adaptation" in r else ""
+            print(f"  {task}: {own}Keras float prototypes {100 * r['keras_float']['accuracy']:.2f} %, "
+                  f"bundle via runtime {100 * r['runtime']['accuracy']:.2f} ± {100 * r['runtime']['ci95']:.2f} %")
+    return 0
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
+               data_dir: str | None = None, open_set_target: float | None = 0.05) -> tuple[Path, dict[str, Any]]:
+    """Converts a trained run to a bundle. When the run has held-out classes, measures the bundle's
+    accuracy through the runtime (and the Keras model's on the same episodes) and records both in the
+    manifest's provenance.
+
+    With `open_set_target` (a false-accept rate; None skips), calibrates the "unknown" distance threshold
+    through the written bundle on the run's training classes (`edgemeta.train.openset.calibrate_training_set`)
+    and stores it in the manifest's `open_set`."""
+    from converters import export_bundle
+    from edgemeta.format.bundle import update_open_set, update_provenance
+    from edgemeta.train.openset import calibrate_training_set, check_target
+    from edgemeta.train.training import TrainConfig, load_learner, load_split
+
+    if open_set_target is not None:
+        check_target(open_set_target)  # before anything is written
+    learner, run = load_learner(run_dir)
+    backbone = learner.backbone
+    config = TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
+    train_set, test_set = load_split(config)
+    provenance: dict[str, Any] = {
+        "dataset": run["train_set"], "learner": run["learner"], "learner_options": config.learner_options,
+        "backbone": config.backbone,
+        "episodes": {k: getattr(config, k) for k in ("n_way", "k_shot", "n_query", "steps", "episodes_per_batch")},
+        "train_config": run["config"], "edgemeta_version": __version__,
+        "measured_accuracy": {
+            "held_out": None,
+            "note": "trained on every class of its data, so nothing is held out to measure here; the "
+                    "same recipe on a held-out split is measured by benchmarks/omniglot_split.py",
+        },
+    }
+    path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance)
+    measured: dict[str, Any] = {}
+    if test_set is not None and episodes:
+        measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"], learner=learner)
+        update_provenance(path, {**provenance, "measured_accuracy": measured})
+    if open_set_target is not None:
+        # Through the written bundle, so int8 effects are in the threshold the board will compare against.
+        try:
+            open_set = calibrate_training_set(path, train_set, open_set_target)
+        except ValueError as e:  # e.g. a folder dataset with too few images per class: the bundle is still valid
+            warnings.warn(f"No open-set threshold stored in {path}: {e}", stacklevel=2)
+        else:
+            update_open_set(path, open_set)
+    return path, measured
+
+
+def compare_on_test(backbone: Any, bundle: str | Path, test_set: Any, episodes: int = 600,
+                    tasks: Sequence[tuple[int, int]] = ((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5, seed: int = 1,
+                    metric: str = "squared_euclidean", learner: Any = None) -> dict[str, Any]:
+    """Keras float vs bundle-through-runtime accuracy on identical held-out episodes, and with `learner`
+    also the learner's own adaptation (what on-device prototypes cost or gain against it)."""
+    import numpy as np
+
+    from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.runtime.evaluation import evaluate_adapter
+    from edgemeta.train.episodes import EpisodeSampler
+    from edgemeta.train.evaluation import evaluate_keras, evaluate_learner
+
+    embedder = Embedder.from_bundle(bundle)
+    counts = np.bincount(test_set.labels)
+    results: dict[str, Any] = {"held_out": {"classes": test_set.num_classes, "groups": sorted(set(test_set.groups))}}
+    for n_way, k_shot in tasks:
+        if n_way > test_set.num_classes or k_shot + n_query > counts.min():
+            continue
+        sampler = EpisodeSampler(test_set, n_way, k_shot, n_query, seed=seed)
+        keras_result = evaluate_keras(backbone, sampler, episodes, metric=metric)
+        runtime_result = evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
+        results[f"{n_way}-way {k_shot}-shot"] = {"keras_float": keras_result.to_dict(), "runtime": runtime_result.to_dict()}
+        if learner is not None and type(learner).__name__ != "ProtoNet":  # ProtoNet's own adaptation *is* keras_float
+            results[f"{n_way}-way {k_shot}-shot"]["own_adaptation"] = evaluate_learner(learner, sampler, episodes).to_dict()
+    return results

@@ -1,0 +1,43 @@
+"""`edgemeta preset`: rebuild a shipped preset bundle from its recipe (train, then export)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+HELP = "rebuild a shipped preset bundle from its recipe (train + export)"
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
+    from edgemeta.presets import PRESETS  # the registry: TensorFlow-free and small
+
+    p = parser
+    p.add_argument("name", choices=sorted(PRESETS))
+    p.add_argument("--data-dir", help="Omniglot zip directory")
+    p.add_argument("--out", help="bundle directory (default: inside the installed package)")
+    p.add_argument("--work-dir", default="runs/preset-omniglot")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"Preset written to {build_preset(args.name, args.data_dir, args.out, args.work_dir)}/")
+    return 0
+
+
+def build_preset(name: str, data_dir: str | None = None, out_dir: str | Path | None = None,
+                 work_dir: str | Path = "runs/preset-omniglot") -> Path:
+    """Rebuilds preset `name` from its registered recipe: trains on all its data, exports int8, writes the
+    bundle (by default into the package, replacing the shipped one)."""
+    from edgemeta.cli.export import export_run
+    from edgemeta.presets import PRESETS
+    from edgemeta.train.recipes import RECIPES
+    from edgemeta.train.training import train
+
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}. Expected one of {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    config = replace(RECIPES[preset.recipe], data_dir=data_dir)
+    train(config, Path(work_dir), verbose=2)
+    path, _ = export_run(work_dir, out_dir or preset.path, "int8", episodes=0, data_dir=data_dir)
+    return path
