@@ -43,7 +43,8 @@ def run_demo(dataset: str = "digits", data_dir: str | None = None, out_dir: str 
     embedders = {}
     for quantization in ("float32", "int8"):
         path = export_bundle(net.backbone, out_dir / f"bundle-{quantization}", train_set.preprocessing, quantization,
-                             train_set.images, provenance={"dataset": train_set.name, "learner": "protonet"})
+                             train_set.images, provenance={"dataset": train_set.name, "learner": "protonet"},
+                             raw_shape=train_set.raw_shape)
         embedders[quantization] = Embedder.from_bundle(path)
     tasks = [(5, 1), (5, 5)] + ([(20, 1)] if test_set.num_classes >= 20 else [])
     header = ["model", "size (KB)", "ms/image"] + [f"{n}-way {k}-shot" for n, k in tasks]

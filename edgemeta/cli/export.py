@@ -65,7 +65,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
                     "same recipe on a held-out split is measured by benchmarks/omniglot_split.py",
         },
     }
-    path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance)
+    path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance,
+                         raw_shape=train_set.raw_shape)
     measured: dict[str, Any] = {}
     if test_set is not None and episodes:
         measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"], learner=learner)

@@ -62,7 +62,7 @@ def compress(run_dir: str | Path, recipe: CompressionRecipe, out_dir: str | Path
         "learner": run["learner"], "train_config": run["config"], "edgemeta_version": __version__,
     }
     bundle = export_bundle(exported, out_dir, train_set.preprocessing, recipe.quantization, train_set.images,
-                           run["metric"], provenance)
+                           run["metric"], provenance, raw_shape=train_set.raw_shape)
     row: dict[str, Any] = {"name": recipe.name, "recipe": recipe.to_dict(), "bundle": str(bundle),
                            "compress_seconds": round(time.time() - start, 1)}
     if test_set is not None and episodes:

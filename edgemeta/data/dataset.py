@@ -16,7 +16,9 @@ class ImageClassDataset:
 
     `groups[c]` is the group of class `c` (Omniglot: its alphabet) so episodes can be drawn within
     one group. `raw` keeps each image as a user would hand it to the runtime (an array or a path),
-    so the on-device path can be evaluated on exactly the same images.
+    so the on-device path can be evaluated on exactly the same images. `raw_shape` is the largest raw
+    image `(height, width, channels)` it was built from, what a board will be handed (None when unknown,
+    e.g. files of any size); exports record it so the board's memory plan knows its images.
     """
 
     images: np.ndarray  # float32 (n, H, W, C) in [0, 1]
@@ -26,6 +28,7 @@ class ImageClassDataset:
     preprocessing: Preprocessing
     name: str
     raw: Sequence[Any] | None = None
+    raw_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
@@ -76,7 +79,8 @@ class ImageClassDataset:
 
     def with_rotations(self, angles: Sequence[int] = (90, 180, 270)) -> "ImageClassDataset":
         """Adds each class rotated by `angles` as new classes (in the same group), as in Omniglot
-        meta-training since Santoro et al. 2016. Rotated classes have no raw images."""
+        meta-training since Santoro et al. 2016. Rotated classes have no raw images (`raw_shape` stays:
+        the board is still handed images of that size)."""
         for a in angles:
             if a % 90 or not 0 < a < 360:
                 raise ValueError(f"Rotation angles must be 90, 180 or 270. Received: {a}")
@@ -118,4 +122,13 @@ def from_raw(
         preprocessing=preprocessing,
         name=name,
         raw=list(raw) if keep_raw else None,
+        raw_shape=_largest_shape(raw),
     )
+
+
+def _largest_shape(raw: Sequence[Any]) -> tuple[int, int, int] | None:
+    """`(height, width, channels)` covering every raw array; None when any raw image is not an array."""
+    shapes = [np.shape(r) for r in raw]
+    if not all(isinstance(r, np.ndarray) and len(s) in (2, 3) for r, s in zip(raw, shapes)):
+        return None
+    return (max(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] if len(s) == 3 else 1 for s in shapes))
