@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from edgemeta.data import ImageClassDataset, load_digits, load_omniglot
-from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.evaluation import ci95
 from edgemeta.runtime.head import SoftmaxHead
 from edgemeta.runtime.prototypes import for_metric, squared_distances
+from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.train.training import OMNIGLOT_TEST
 
 TASKS = ((5, 1), (5, 5), (20, 5))

@@ -27,13 +27,12 @@ import random
 import sys
 import time
 
+import learn2learn as l2l
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import learn2learn as l2l
 from learn2learn.data.transforms import ConsecutiveLabels, FusedNWaysKShots, KShots, LoadData, NWays, RemapLabels
+from torch import nn
 
 
 def conv4(n_way: int | None = None, track_running_stats: bool = True) -> nn.Module:
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = load_images(args.data)
     episode_file = np.load(args.episodes) if args.episodes else None
     rounds = []
-    for r in range(args.rounds):  # every round starts afresh on the same episodes, as edgemeta's rounds do
+    for _ in range(args.rounds):  # every round starts afresh on the same episodes, as edgemeta's rounds do
         rounds.append(run_round(args, images, labels, episode_file, args.seed))
     result = {
         "side": "learn2learn", "learner": args.learner, "pipeline": args.pipeline,

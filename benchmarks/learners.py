@@ -56,9 +56,9 @@ def finished(run_dir: Path, config) -> bool:
 
 def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes: int) -> dict:
     from converters import export_bundle
-    from edgemeta.train.episodes import EpisodeSampler
     from edgemeta.runtime import Embedder, FewShotAdapter
     from edgemeta.runtime.evaluation import evaluate_adapter
+    from edgemeta.train.episodes import EpisodeSampler
     from edgemeta.train.evaluation import evaluate_keras, evaluate_learner
     from edgemeta.train.training import load_learner, load_split
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, drop_rotated_copies, unknown_rate
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.prototypes import squared_distances
 from edgemeta.runtime.threshold import threshold_for
+from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, drop_rotated_copies, unknown_rate
 from edgemeta.train.training import TrainConfig, load_split
 
 TARGETS = (0.01, 0.05, 0.10)

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.train.backend import keras, tf
 from edgemeta.format.bundle import QUANTIZATION_SCHEMES, QUANTIZATIONS, Manifest, write_bundle
 from edgemeta.format.patches import image_patches, patches_shape
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime.interpreter import interpreter_class
+from edgemeta.train.backend import keras, tf
 
 # Post-training modes (QUANTIZATIONS). int8: full integer, int8 in and out (Edge TPU, fast Pi kernels). int16x8:
 # int16 activations, int8 weights (more accurate, slower reference kernels). float16: float16 weights. dynamic:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemeta.train.backend import keras
 from edgemeta.compress.pruning import PRUNABLE, copy_model
+from edgemeta.train.backend import keras
 
 
 def cluster(model: keras.Model, clusters: int, preserve_sparsity: bool = False) -> keras.Model:

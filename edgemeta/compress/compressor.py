@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgemeta import __version__
-from edgemeta.train.backend import keras
 from edgemeta.compress.recipe import CompressionRecipe
+from edgemeta.train.backend import keras
 
 STUDENT_FILE = "student.json"
 # converters.export_bundle(model, out_dir, preprocessing, quantization, representative_images, metric, provenance) -> Path

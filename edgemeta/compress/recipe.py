@@ -86,7 +86,7 @@ class CompressionRecipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "recipe") -> "CompressionRecipe":
+    def from_dict(cls, d: dict[str, Any], source: str = "recipe") -> CompressionRecipe:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

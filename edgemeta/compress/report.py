@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from edgemeta.train.backend import keras
 from edgemeta.format.bundle import MODEL_FILE
+from edgemeta.train.backend import keras
 
 TASKS = ((5, 1), (20, 1))
 

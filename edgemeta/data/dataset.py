@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class ImageClassDataset:
             f"groups={len(set(self.groups))}, shape={self.images.shape[1:]})"
         )
 
-    def subset(self, groups: Sequence[str] | None = None, classes: Sequence[int] | None = None) -> "ImageClassDataset":
+    def subset(self, groups: Sequence[str] | None = None, classes: Sequence[int] | None = None) -> ImageClassDataset:
         """Keeps the classes in `groups` (by name) or with indices `classes`; classes are renumbered."""
         if (groups is None) == (classes is None):
             raise ValueError("Pass exactly one of `groups` or `classes`.")
@@ -77,7 +78,7 @@ class ImageClassDataset:
             raw=None if self.raw is None else [self.raw[i] for i in idx],
         )
 
-    def with_rotations(self, angles: Sequence[int] = (90, 180, 270)) -> "ImageClassDataset":
+    def with_rotations(self, angles: Sequence[int] = (90, 180, 270)) -> ImageClassDataset:
         """Adds each class rotated by `angles` as new classes (in the same group), as in Omniglot
         meta-training since Santoro et al. 2016. Rotated classes have no raw images (`raw_shape` stays:
         the board is still handed images of that size)."""

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from edgemeta.deploy.ssh import Board, DeployError, SSHOptions, Target, script
-from edgemeta.deploy.state import (PENDING_STORE, SAVED_STORE, STORE_FILE, SUMS_FILE, BoardState, fetch_store_header,
-                                   load_store_bytes, new_version_id, to_prune)
+from edgemeta.deploy.state import (
+    PENDING_STORE,
+    SAVED_STORE,
+    STORE_FILE,
+    SUMS_FILE,
+    BoardState,
+    fetch_store_header,
+    load_store_bytes,
+    new_version_id,
+    to_prune,
+)
 from edgemeta.format.checksum import sha256_file, sha256_hex
 
 

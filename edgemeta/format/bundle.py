@@ -95,7 +95,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         from edgemeta.format.preprocessing import Preprocessing
 
         if d.get("format") != FORMAT:

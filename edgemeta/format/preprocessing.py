@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -57,7 +58,7 @@ class Preprocessing:
         return {"grayscale": self.channels == 1, "scale": "0..1", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(**{k: d[k] for k in ("height", "width", "channels", "invert", "resample")})
 
     def __call__(self, images: Any, max_images: int | None = None) -> np.ndarray:

@@ -108,19 +108,19 @@ class FewShotAdapter:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, state: str | os.PathLike | None = None,
                     num_threads: int | None = None, delegate: str | None = None, verify: bool = True,
-                    **options: Any) -> "FewShotAdapter":
+                    **options: Any) -> FewShotAdapter:
         """The adapter of a bundle directory; `delegate="edgetpu"` runs the model on a Coral Edge TPU
         (CPU with a warning when its library is absent); `options` are the constructor's."""
         return cls(Embedder.from_bundle(path, num_threads, delegate=delegate, verify=verify), state, **options)
 
     @classmethod
     def from_preset(cls, name: str = "omniglot", state: str | os.PathLike | None = None,
-                    num_threads: int | None = None, **options: Any) -> "FewShotAdapter":
+                    num_threads: int | None = None, **options: Any) -> FewShotAdapter:
         return cls.from_bundle(preset_path(name), state, num_threads, **options)
 
     @classmethod
     def for_device(cls, bundle: str | os.PathLike, device: str, state: str | os.PathLike | None = None,
-                   **options: Any) -> "FewShotAdapter":
+                   **options: Any) -> FewShotAdapter:
         """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate and
         its memory budget (each overridable through `options`)."""
         from edgemeta.profiles import load_profile

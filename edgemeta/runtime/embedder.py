@@ -72,7 +72,7 @@ class Embedder:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, num_threads: int | None = None, delegate: str | None = None,
-                    verify: bool = True) -> "Embedder":
+                    verify: bool = True) -> Embedder:
         """Loads a bundle directory. The hash check always runs; `verify=False` skips only the model
         checks of `edgemeta.runtime.verify` (for a bundle already verified, e.g. in a benchmark loop)."""
         directory = Path(path)

@@ -289,7 +289,7 @@ class PrototypeStore:
         atomic_write(path, self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model_sha256: str | None = None) -> "PrototypeStore":
+    def load(cls, path: str | os.PathLike, model_sha256: str | None = None) -> PrototypeStore:
         """Reads a store saved by `save`. Raises `StoreError` for a corrupt file, an unknown version,
         or (with `model_sha256`) a store taught with another model; nothing is changed then."""
         path = Path(path)
@@ -308,7 +308,7 @@ class PrototypeStore:
         return store
 
     @classmethod
-    def _from_v2(cls, data: bytes, source: str) -> "PrototypeStore":
+    def _from_v2(cls, data: bytes, source: str) -> PrototypeStore:
         header, payload_start = read_header(data, source)
         version = header.get("format_version")
         if version != FORMAT_VERSION:
@@ -332,7 +332,7 @@ class PrototypeStore:
         return store
 
     @classmethod
-    def _from_v1(cls, data: bytes, source: str) -> "PrototypeStore":
+    def _from_v1(cls, data: bytes, source: str) -> PrototypeStore:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 header, sums = json.loads(str(arrays["header"])), arrays["sums"]

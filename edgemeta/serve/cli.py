@@ -11,9 +11,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgemeta.serve.api import (DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS,
-                                DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT, PIXEL_BYTES, ConfigError, Limits, Service,
-                                is_loopback, log, request_reserve)
+from edgemeta.serve.api import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PORT,
+    PIXEL_BYTES,
+    ConfigError,
+    Limits,
+    Service,
+    is_loopback,
+    log,
+    request_reserve,
+)
 
 MIN_TOKEN_LENGTH = 16
 SHUTDOWN_GRACE_SECONDS = 20.0  # in-flight requests get this long on SIGTERM (the unit's TimeoutStopSec is 30)

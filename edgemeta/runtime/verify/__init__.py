@@ -27,10 +27,18 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from edgemeta.runtime.verify.flatbuffer import FILE_IDENTIFIER, Buffer, ModelVerificationError, Table
+from edgemeta.runtime.verify.flatbuffer import FILE_IDENTIFIER, ModelVerificationError
 from edgemeta.runtime.verify.probe import PROBE_TIMEOUT, probe_model
-from edgemeta.runtime.verify.structure import (MAX_ACTIVATION_BYTES, MAX_RANK, SCHEMA_VERSION, TENSOR_TYPES, ModelInfo,
-                                               TensorInfo, check_against_manifest, read_model)
+from edgemeta.runtime.verify.structure import (
+    MAX_ACTIVATION_BYTES,
+    MAX_RANK,
+    SCHEMA_VERSION,
+    TENSOR_TYPES,
+    ModelInfo,
+    TensorInfo,
+    check_against_manifest,
+    read_model,
+)
 
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest

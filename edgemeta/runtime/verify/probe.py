@@ -12,7 +12,7 @@ import select
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from edgemeta.format.atomic import anonymous_file
 from edgemeta.format.checksum import sha256_hex
@@ -127,20 +127,20 @@ def _run_in_child(work: Callable[[Callable[[str], None]], None], timeout: float)
         os.close(read_end)
         log.close()
     lines = output.decode("utf-8", "replace").splitlines()
-    notes = [l for l in lines if not l.startswith(("stage ", "error "))]
+    notes = [line for line in lines if not line.startswith(("stage ", "error "))]
     return (*_verdict(lines, status, timed_out, timeout, stderr), notes)
 
 
 def _verdict(lines: list[str], status: int, timed_out: bool, timeout: float, stderr: str) -> tuple[str, str]:
     """(status, message) of a finished probe child, from what it sent, how it ended and its stderr."""
-    stage = next((l[6:] for l in reversed(lines) if l.startswith("stage ")), "starting")
-    errors = [l[6:] for l in lines if l.startswith("error ")]
+    stage = next((line[6:] for line in reversed(lines) if line.startswith("stage ")), "starting")
+    errors = [line[6:] for line in lines if line.startswith("error ")]
     if timed_out:
         return "crash", (f"model.tflite hangs the interpreter: no result after {timeout:g} s in {stage} "
                          "(a corrupt shape or an endless graph?). Received: a model that never finishes a run")
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
-        hint = [l for l in stderr.splitlines() if l.strip() and not l.startswith("INFO:")][-1:]
+        hint = [line for line in stderr.splitlines() if line.strip() and not line.startswith("INFO:")][-1:]
         return "crash", (f"model.tflite crashes the interpreter ({name}) in {stage}: the file is corrupt or "
                          "inconsistent and was not loaded in this process."
                          + (f" Interpreter said: {hint[0][:300]}" if hint else "")

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgemeta.format.checksum import sha256_hex
-from edgemeta.runtime.verify.flatbuffer import (FILE_IDENTIFIER, MODEL_SUBGRAPHS, SUBGRAPH_TENSORS,
-                                                TENSOR_SHAPE_SIGNATURE, Buffer, ModelVerificationError, Table)
+from edgemeta.runtime.verify.flatbuffer import (
+    FILE_IDENTIFIER,
+    MODEL_SUBGRAPHS,
+    SUBGRAPH_TENSORS,
+    TENSOR_SHAPE_SIGNATURE,
+    Buffer,
+    ModelVerificationError,
+    Table,
+)
 
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgemeta.train.backend import keras, tf
 
-LEARNERS: dict[str, Callable[..., "Learner"]] = {}
+LEARNERS: dict[str, Callable[..., Learner]] = {}
 
 
 def register_learner(name: str, **defaults: Any) -> Callable[[type], type]:
@@ -15,7 +16,7 @@ def register_learner(name: str, **defaults: Any) -> Callable[[type], type]:
     variant under that name (e.g. FOMAML is MAML with `first_order=True`)."""
 
     def decorate(cls: type) -> type:
-        def build(backbone: keras.Model, **options: Any) -> "Learner":
+        def build(backbone: keras.Model, **options: Any) -> Learner:
             return cls(backbone, **{**defaults, **options})
 
         build.learner_class, build.defaults = cls, defaults
@@ -33,7 +34,7 @@ def learner_options(name: str) -> dict[str, Any]:
     return {**options, **build.defaults}
 
 
-def build_learner(name: str, backbone: keras.Model, **options: Any) -> "Learner":
+def build_learner(name: str, backbone: keras.Model, **options: Any) -> Learner:
     """Builds learner `name` over `backbone`. Unknown names or options raise with what is accepted."""
     build = _builder(name)
     allowed = learner_options(name)

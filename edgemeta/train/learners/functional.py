@@ -3,7 +3,7 @@ gradient-based meta-learners can differentiate through their own adaptation."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from edgemeta.train.backend import keras, tf
 
@@ -64,12 +64,12 @@ def calibrate_batchnorm(backbone: keras.Model, images, batch_size: int = 256, ba
     them during training, yet the exported (inference-mode) model needs them."""
     import numpy as np
 
-    layers = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    layers = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return
     order = np.random.default_rng(seed).permutation(len(images))
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)][:batches]
-    momenta = [l.momentum for l in layers]
+    momenta = [layer.momentum for layer in layers]
     try:
         for n, idx in enumerate(chunks):
             for layer in layers:  # running average of batch statistics: weight 1/(n+1) on batch n
