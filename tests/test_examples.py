@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.harness import ROOT
@@ -14,6 +15,7 @@ def run_example(name, *args, cwd):
                           text=True, timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_omniglot_example(omniglot_dir, tmp_path):
     result = run_example("omniglot_end_to_end.py", "--data-dir", omniglot_dir, "--steps", 30, "--episodes", 20,
                          cwd=tmp_path)
@@ -36,6 +38,7 @@ def write_digit_folders(root, classes):
             Image.fromarray(pixels).resize((32, 32)).convert("RGB").save(folder / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_own_images_example(tmp_path):
     write_digit_folders(tmp_path / "base", range(5))
     write_digit_folders(tmp_path / "new", range(5, 10))

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.harness import cli_in_process, run_cli
 from converters import export_bundle, to_tflite
-from edgemeta.compress import CompressionRecipe, compress, compress_variants, load_recipes
+from edgemeta.compress import CompressionRecipe, compress_variants, load_recipes
+from tests.harness import cli_in_process
 
 STEPS = 6  # a few fine-tuning steps per stage: enough to exercise every wrapper and schedule
 
@@ -29,7 +29,8 @@ def _tflite_kernels(model_bytes: bytes) -> list[np.ndarray]:
     interpreter = interpreter_class()[0](model_content=model_bytes)
     interpreter.allocate_tensors()
     return [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
-            if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] > 1 and len(d["quantization_parameters"]["scales"]) > 1]
+            if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["shape"][0] > 1
+            and len(d["quantization_parameters"]["scales"]) > 1]
 
 
 def _fine_tune(digits_run, recipe):
@@ -41,15 +42,29 @@ def _fine_tune(digits_run, recipe):
     return teacher, fine_tune_stages(teacher, digits_run["train"], config, recipe, verbose=0)
 
 
-def test_pruning_reaches_the_target_sparsity_and_shrinks_the_gzipped_bundle(digits_run, tmp_path):
-    row = compress(digits_run["run"], CompressionRecipe(prune=0.75, steps=STEPS), tmp_path / "p75", episodes=30, verbose=0,
-                   export_bundle=export_bundle)
+# The report's variants: one run of them serves the report's checks and the pruned variant's.
+RECIPES = {"float32": CompressionRecipe(quantization="float32"), "int8": CompressionRecipe(),
+           "p75": CompressionRecipe(prune=0.75, steps=STEPS)}
+
+
+@pytest.fixture(scope="module")
+def variants(digits_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("variants")
+    report = compress_variants(digits_run["run"], RECIPES, out, episodes=30, verbose=0,
+                               export_bundle=export_bundle, to_tflite=to_tflite)
+    return out, report
+
+
+@pytest.mark.slow
+def test_pruning_reaches_the_target_sparsity_and_shrinks_the_gzipped_bundle(digits_run, variants):
+    out, report = variants
+    row = next(v for v in report["variants"] if v["name"] == "p75")
     assert row["sparsity"] == pytest.approx(0.75, abs=0.01)
-    kernels = _tflite_kernels((tmp_path / "p75" / "model.tflite").read_bytes())
+    kernels = _tflite_kernels((out / "p75" / "model.tflite").read_bytes())
     assert len(kernels) == 4 and sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.74  # in the shipped file
     dense_gzip = len(gzip.compress((digits_run["bundles"]["int8"] / "model.tflite").read_bytes(), 9))
     assert row["gzip_bytes"] < 0.6 * dense_gzip
-    manifest = json.loads((tmp_path / "p75" / "manifest.json").read_text())
+    manifest = json.loads((out / "p75" / "manifest.json").read_text())
     assert manifest["provenance"]["stages"] == ["prune-0.75"]
     assert manifest["quantization"]["scheme"] == "full_integer"
     assert row["accuracy"]["5-way 1-shot"]["accuracy"] > 0.5  # still far above chance (20 %) on unseen digits
@@ -82,6 +97,7 @@ def test_sparsity_preserving_clustering_keeps_at_most_the_cluster_count_and_the_
     assert kernel_sparsity(model) == pytest.approx(0.5, abs=0.01)  # the pruned zeros stay zeros
 
 
+@pytest.mark.slow
 def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_path):
     from edgemeta.runtime import Embedder
 
@@ -104,6 +120,7 @@ def test_qat_bundle_is_full_integer_and_matches_its_keras_model(digits_run, tmp_
     assert sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels) > 0.49
 
 
+@pytest.mark.slow
 def test_clustering_then_cluster_preserving_qat_keeps_the_clusters_in_the_int8_file(digits_run, tmp_path):
     from converters import to_tflite
     from edgemeta.compress.clustering import unique_weights_per_kernel
@@ -132,8 +149,8 @@ def test_post_training_modes_run_in_the_runtime_close_to_keras(digits_run, tmp_p
 
 
 def test_distilled_student_is_narrower_separable_and_learns_the_teachers_geometry(digits_run, tmp_path):
-    from edgemeta.train.backend import keras
     from edgemeta.compress import distil
+    from edgemeta.train.backend import keras
     from edgemeta.train.training import TrainConfig, load_run
 
     teacher, run = load_run(digits_run["run"])
@@ -154,15 +171,16 @@ def test_distilled_student_is_narrower_separable_and_learns_the_teachers_geometr
 
 
 def test_distiller_geometry_term_pulls_student_distances_toward_the_teachers(digits_run):
-    from edgemeta.train.backend import tf
     from edgemeta.compress import Distiller
     from edgemeta.compress.distillation import relative_distances
+    from edgemeta.train.backend import tf
     from edgemeta.train.episodes import EpisodeSampler
     from edgemeta.train.learners import conv4
 
     teacher = digits_run["net"].backbone
     images = tf.constant(digits_run["test"].images[None, :40])
-    gap = lambda s: float(tf.reduce_mean(tf.square(relative_distances(s(images[0])[None]) - relative_distances(teacher(images[0])[None]))))  # noqa: E731
+    target = relative_distances(teacher(images[0])[None])
+    gap = lambda s: float(tf.reduce_mean(tf.square(relative_distances(s(images[0])[None]) - target)))
     student = conv4(teacher.input_shape[1:], filters=8)
     before = gap(student)
     net = Distiller(student, teacher, geometry_weight=10.0)
@@ -172,11 +190,9 @@ def test_distiller_geometry_term_pulls_student_distances_toward_the_teachers(dig
     assert not any(w.trainable for w in teacher.weights if w in net.trainable_weights)
 
 
-def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
-    recipes = {"float32": CompressionRecipe(quantization="float32"), "int8": CompressionRecipe(),
-               "prune50": CompressionRecipe(prune=0.5, steps=3)}
-    report = compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0,
-                               export_bundle=export_bundle, to_tflite=to_tflite)
+@pytest.mark.slow
+def test_report_has_every_field_and_a_pareto_plot(digits_run, variants):
+    tmp_path, report = variants
     assert set(report["teacher"]) == {"params", "float32_tflite_bytes", "keras_float"}
     for v in report["variants"]:
         assert {"tflite_bytes", "gzip_bytes", "sparsity", "params", "macs", "latency_ms", "model_latency_ms", "accuracy",
@@ -186,15 +202,15 @@ def test_report_has_every_field_and_a_pareto_plot(digits_run, tmp_path):
         assert set(v["accuracy"]) == {"5-way 1-shot"}  # digits hold out 5 classes: no 20-way task
     rows = {v["name"]: v for v in report["variants"]}
     assert rows["int8"]["tflite_bytes"] < 0.3 * rows["float32"]["tflite_bytes"]
-    assert rows["prune50"]["pareto"] or rows["int8"]["pareto"]
+    assert rows["p75"]["pareto"] or rows["int8"]["pareto"]
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "report.md").read_text()
-    assert all(f"| {name} |" in md for name in recipes)
+    assert all(f"| {name} |" in md for name in RECIPES)
     # Run again: finished variants are reused, not re-trained.
-    before = (tmp_path / "prune50" / "model.tflite").stat().st_mtime_ns
-    compress_variants(digits_run["run"], recipes, tmp_path, episodes=30, verbose=0,
+    before = (tmp_path / "p75" / "model.tflite").stat().st_mtime_ns
+    compress_variants(digits_run["run"], RECIPES, tmp_path, episodes=30, verbose=0,
                       export_bundle=export_bundle, to_tflite=to_tflite)
-    assert (tmp_path / "prune50" / "model.tflite").stat().st_mtime_ns == before
+    assert (tmp_path / "p75" / "model.tflite").stat().st_mtime_ns == before
 
 
 def test_pareto_front():
@@ -222,7 +238,8 @@ def test_recipe_errors_say_what_was_received(kwargs, fragment):
 def test_config_files_json_and_toml(tmp_path):
     (tmp_path / "one.json").write_text(json.dumps({"prune": 0.75, "qat": True}))
     assert list(load_recipes(tmp_path / "one.json")) == ["prune0.75+qat-int8"]
-    (tmp_path / "many.toml").write_text('[defaults]\nsteps = 7\n[variants.a]\nprune = 0.5\n[variants.b]\ncluster = 8\nqat = true\n')
+    (tmp_path / "many.toml").write_text('[defaults]\nsteps = 7\n[variants.a]\nprune = 0.5\n'
+                                        '[variants.b]\ncluster = 8\nqat = true\n')
     recipes = load_recipes(tmp_path / "many.toml")
     assert recipes["a"] == CompressionRecipe(prune=0.5, steps=7) and recipes["b"].cluster == 8 and recipes["b"].steps == 7
     (tmp_path / "bad.toml").write_text("[variants.a]\nprunes = 0.5\n")
@@ -230,8 +247,10 @@ def test_config_files_json_and_toml(tmp_path):
         load_recipes(tmp_path / "bad.toml")
 
 
+@pytest.mark.slow
 def test_cli_composes_a_recipe_from_flags(digits_run, tmp_path):
-    result = run_cli("compress", digits_run["run"], "--out", tmp_path, "--prune", "0.5", "--steps", "3",
+    # In-process: the console script's real process is tests/cli's; here the flags -> recipe -> report path.
+    result = cli_in_process("compress", digits_run["run"], "--out", tmp_path, "--prune", "0.5", "--steps", "3",
                      "--quantization", "float16", "--episodes", "10")
     assert result.returncode == 0, result.stderr
     assert "prune0.5+float16" in result.stdout

@@ -1,6 +1,7 @@
-"""One training process for tests/test_distribute.py: trains a tiny learner under a strategy and reports.
+"""One training process for tests/train/test_distribute.py: trains a tiny learner under a strategy and reports.
 
-    python tests/distributed_worker.py STRATEGY[,STRATEGY...] LEARNER[,LEARNER...] OUT_DIR [--cpu-replicas N] [--backup DIR] [--crash-after-epoch K]
+    python tests/train/distributed_worker.py STRATEGY[,STRATEGY...] LEARNER[,LEARNER...] OUT_DIR
+        [--cpu-replicas N] [--backup DIR] [--crash-after-epoch K]
 
 TF_CONFIG (multi-worker) comes from the environment. Prints one JSON line: per learner, per-step losses,
 replicas and (chief) the saved embedding of fixed images, so the test compares runs without trusting this file.

@@ -59,6 +59,7 @@ def one_process(tmp_path_factory) -> dict:
     return report_of(start_worker("default,mirrored", "protonet,reptile", str(out), "--cpu-replicas", "2"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learner", ["protonet", "reptile"])
 def test_two_cpu_devices_match_one_device(one_process, learner):
     single, mirrored = one_process[f"default/{learner}"], one_process[f"mirrored/{learner}"]
@@ -78,6 +79,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_device_and_resume_after_a_worker_dies(one_process, tmp_path):
     """Worker 1 dies after the first of 3 epochs; the job is restarted (both workers, same command and
     backup directory) and finishes on the episodes an uninterrupted run sees: same losses for the

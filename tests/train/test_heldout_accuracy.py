@@ -2,12 +2,15 @@
 the 3 held-out alphabets far better than the same network untrained, in Keras and through the int8
 runtime on the same episodes."""
 
-from edgemeta.train.episodes import EpisodeSampler
+import pytest
+
 from edgemeta.runtime.evaluation import evaluate_adapter
+from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.train.evaluation import evaluate_keras
 from edgemeta.train.learners import conv4
 
 
+@pytest.mark.slow
 def test_short_training_transfers_to_held_out_alphabets(omniglot_split_run):
     from edgemeta.runtime import FewShotAdapter
 

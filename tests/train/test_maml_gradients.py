@@ -92,7 +92,8 @@ def test_fomaml_differs_by_exactly_the_dropped_second_order_term():
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(s_labels[0], logits))
         return tape.gradient(loss, p)
 
-    p = [tf.identity(v) for v in variables[:n_body]] + [tf.tile(maml.head_kernel[:, None], [1, 3]), tf.tile(maml.head_bias[None], [3])]
+    p = [tf.identity(v) for v in variables[:n_body]]
+    p += [tf.tile(maml.head_kernel[:, None], [1, 3]), tf.tile(maml.head_bias[None], [3])]
     fast = [a - ALPHA * g for a, g in zip(p, support_grad(p))]
     with tf.GradientTape() as tape:
         tape.watch(fast)

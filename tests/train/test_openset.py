@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.harness import run_python
 from edgemeta.cli.export import export_run
 from edgemeta.format.bundle import MANIFEST_FILE, read_bundle, update_open_set
-from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, prototype_distances, unknown_rate
 from edgemeta.runtime import Embedder, FewShotAdapter
 from edgemeta.runtime.prototypes import for_metric
 from edgemeta.runtime.threshold import threshold_for
+from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, prototype_distances, unknown_rate
+from tests.harness import run_python
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def omniglot_open_set(omniglot_split_run):
     return calibrate_training_set(omniglot_split_run["int8"], omniglot_split_run["train"], 0.05)
 
 
+@pytest.mark.slow
 def test_calibrated_threshold_holds_on_held_out_alphabets(omniglot_split_run, omniglot_open_set):
     """The issue's done-when: never-enrolled characters of Early_Aramaic, Latin and Tagalog are called
     unknown at 95 % +- 5 points with the threshold calibrated on the training alphabets."""
@@ -93,6 +94,7 @@ def test_calibration_uses_the_adapters_distance(digits_run):
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_threshold_for_follows_classes_target_and_shots(omniglot_open_set):
     open_set = omniglot_open_set
     by_n = [threshold_for(open_set, n) for n in (1, 5, 20, 50, 500)]
@@ -125,6 +127,7 @@ def test_calibration_refuses_bad_arguments(digits_run):
         unknown_rate(bundle, digits_run["test"], -1.0, n_way=3)
 
 
+@pytest.mark.slow
 def test_threshold_for_runs_without_tensorflow(omniglot_open_set):
     code = ("import sys, json\nfor m in ('tensorflow', 'tf_keras', 'keras'): sys.modules[m] = None\n"
             "from edgemeta.runtime.threshold import threshold_for\n"

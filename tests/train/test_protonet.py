@@ -6,7 +6,7 @@ from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.train.evaluation import evaluate_keras
 from edgemeta.train.learners import ProtoNet, conv4
 from edgemeta.train.learners.protonet import prototypes, squared_distances
-from tests.train.learner_harness import toy_dataset
+from tests.harness import toy_dataset
 
 
 def test_prototypes_and_distances_match_numpy():
@@ -19,7 +19,8 @@ def test_prototypes_and_distances_match_numpy():
         expected = np.stack([emb[b][labels[b] == c].mean(0) for c in range(3)])
         np.testing.assert_allclose(protos[b], expected, rtol=1e-5)
         d = ((queries[b][:, None] - expected[None]) ** 2).sum(-1)
-        np.testing.assert_allclose(squared_distances(tf.constant(queries), tf.constant(protos)).numpy()[b], d, rtol=1e-4, atol=1e-5)
+        got = squared_distances(tf.constant(queries), tf.constant(protos)).numpy()[b]
+        np.testing.assert_allclose(got, d, rtol=1e-4, atol=1e-5)
 
 
 def test_loss_is_cross_entropy_over_negative_distances():

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.harness import cli_in_process
 from edgemeta.train.backend import keras, tf
 from edgemeta.train.distribute import make_strategy, read_tf_config
 from edgemeta.train.training import TrainConfig, check_global_batch, load_run, resolve_mixed_precision, train
+from tests.harness import cli_in_process
 
 CLUSTER = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
 
@@ -58,7 +58,7 @@ class Losses(keras.callbacks.Callback):
 
 
 def test_interrupted_run_resumes_from_its_backup_and_refuses_another_config(tmp_path):
-    """(That a resumed run equals an uninterrupted one is tests/test_distribute.py's multi-worker test.)"""
+    """(That a resumed run equals an uninterrupted one is tests/train/test_distribute.py's multi-worker test.)"""
     config = TrainConfig(dataset="digits", n_way=4, k_shot=1, n_query=3, steps=6, epochs=3, max_shift=1, seed=2)
     backup = tmp_path / "backup"
     with pytest.raises(RuntimeError, match="died after the first epoch"):
