@@ -112,13 +112,14 @@ def main() -> None:
     for n_way, k_shot in [(n, k) for n, k in TASKS if n <= test_set.num_classes and k + 5 <= fewest]:
         sampler = EpisodeSampler(test_set, n_way, k_shot, 5, seed=args.seed)
         results[f"{n_way}-way {k_shot}-shot"] = evaluate_task(z, sampler, args.episodes, metric)
-        print(f"{n_way}-way {k_shot}-shot:", {k: round(100 * v["accuracy"], 2) for k, v in results[f"{n_way}-way {k_shot}-shot"].items()},
-              flush=True)
+        print(f"{n_way}-way {k_shot}-shot:",
+              {k: round(100 * v["accuracy"], 2) for k, v in results[f"{n_way}-way {k_shot}-shot"].items()}, flush=True)
 
     command = (f"python benchmarks/head_finetune.py --bundle {args.bundle}"
                + (f" --dataset {args.dataset}" if args.dataset != "omniglot" else f" --data-dir {args.data_dir}")
                + f" --out {args.out}"
-               + (f" --episodes {args.episodes}" if args.episodes != 600 else "") + (f" --seed {args.seed}" if args.seed != 1 else ""))
+               + (f" --episodes {args.episodes}" if args.episodes != 600 else "")
+               + (f" --seed {args.seed}" if args.seed != 1 else ""))
     report = {
         "command": command,
         "bundle": str(args.bundle),

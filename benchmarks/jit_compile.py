@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=default_settings, choices=list(SETTINGS))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     args = parser.parse_args()
-    dataset = dict(dataset="omniglot", data_dir=args.data_dir) if args.data_dir else dict(dataset="digits", train_classes=list(range(10)))
+    dataset = (dict(dataset="omniglot", data_dir=args.data_dir) if args.data_dir
+               else dict(dataset="digits", train_classes=list(range(10))))
     base = TrainConfig(**dataset, image_size=28, max_shift=1)
     train_set, _ = load_split(base)
     results = {task: {s: [] for s in args.settings} for task in args.tasks}
@@ -89,7 +90,8 @@ def main() -> None:
         config = TASKS[task]
         medians = {s: float(np.median(v)) for s, v in results[task].items()}
         summary["tasks"][task] = {"config": config, "steps_per_second": medians, "rounds": results[task],
-                                  "ratio_to_float32": {s: m / medians["float32"] for s, m in medians.items()} if "float32" in medians else {}}
+                                  "ratio_to_float32": ({s: m / medians["float32"] for s, m in medians.items()}
+                                                       if "float32" in medians else {})}
         label = f"{task} {config['n_way']}-way {config['k_shot']}-shot {config['n_query']}-query x{config['episodes_per_batch']}"
         cells = [f"{m:.2f}" + (f" ({m / medians['float32']:.2f}x)" if "float32" in medians and s != "float32" else "")
                  for s, m in medians.items()]

@@ -96,7 +96,8 @@ class FixedEpisodes:
 
     def sample(self):
         if self.next >= len(self.episodes):
-            raise IndexError(f"Ran out of episodes: the file has {len(self.episodes)}; --steps, --warmup and --meta-batch need more.")
+            raise IndexError(f"Ran out of episodes: the file has {len(self.episodes)}; "
+                             "--steps, --warmup and --meta-batch need more.")
         row, self.next = self.episodes[self.next], self.next + 1
         return self.images[row[: self.split]], self.support_labels, self.images[row[self.split :]], self.query_labels
 

@@ -51,7 +51,8 @@ def finished(run_dir: Path, config) -> bool:
     if not (run_dir / "learner.weights.h5").is_file() or not (run_dir / "run.json").is_file():
         return False
     run = json.loads((run_dir / "run.json").read_text())["config"]
-    return all(run.get(k) == getattr(config, k) for k in ("steps", "n_way", "episodes_per_batch", "learner_options", "mixed_precision"))
+    return all(run.get(k) == getattr(config, k)
+               for k in ("steps", "n_way", "episodes_per_batch", "learner_options", "mixed_precision"))
 
 
 def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes: int) -> dict:
@@ -78,13 +79,15 @@ def evaluate(name: str, run_dir: Path, bundle_dir: Path, data_dir: str, episodes
             "prototypes_float": evaluate_keras(learner.backbone, sampler, episodes, metric=learner.metric).to_dict(),
             "runtime_int8": evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes).to_dict(),
         }
-        print(name, n_way, k_shot, {k: round(100 * v["accuracy"], 2) for k, v in result["tasks"][f"{n_way}-way {k_shot}-shot"].items()}, flush=True)
+        print(name, n_way, k_shot,
+              {k: round(100 * v["accuracy"], 2) for k, v in result["tasks"][f"{n_way}-way {k_shot}-shot"].items()}, flush=True)
     return result
 
 
 def table(results: dict) -> str:
     cell = lambda r: f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"  # noqa: E731
-    header = ["learner", "adaptation"] + [f"{n}-way {k}-shot" for n, k in TASKS] + ["train (min)", "episodes/s", "images/s", "peak RSS (MB)"]
+    header = (["learner", "adaptation"] + [f"{n}-way {k}-shot" for n, k in TASKS]
+              + ["train (min)", "episodes/s", "images/s", "peak RSS (MB)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         for i, (key, label) in enumerate((("own", "own"), ("prototypes_float", "prototypes, Keras float"),
@@ -92,7 +95,8 @@ def table(results: dict) -> str:
             n, k, q = r["train_episode"]
             extra = [f"{r['train_seconds'] / 60:.1f}", f"{r['episodes_per_second']:.1f} ({n}-way)",
                      f"{r['episodes_per_second'] * n * (k + q):.0f}", f"{r['peak_rss_mb']:.0f}"] if i == 0 else ["", "", "", ""]
-            lines.append("| " + " | ".join([name if i == 0 else "", label] + [cell(r["tasks"][f"{n}-way {k}-shot"][key]) for n, k in TASKS] + extra) + " |")
+            lines.append("| " + " | ".join([name if i == 0 else "", label]
+                                           + [cell(r["tasks"][f"{n}-way {k}-shot"][key]) for n, k in TASKS] + extra) + " |")
     return "\n".join(lines)
 
 
@@ -102,9 +106,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/learners")
     parser.add_argument("--learners", nargs="*", default=list(STEPS))
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--steps", type=int, help="override every learner's number of steps (e.g. a longer budget, or a quick smoke run)")
+    parser.add_argument("--steps", type=int,
+                        help="override every learner's number of steps (e.g. a longer budget, or a quick smoke run)")
     parser.add_argument("--mixed-precision", choices=("float16", "bfloat16"),
-                        help="train every learner's backbone in this precision (default float32); evaluation is float32 and int8 as always")
+                        help="train every learner's backbone in this precision (default float32); "
+                             "evaluation is float32 and int8 as always")
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
@@ -115,7 +121,8 @@ def main() -> None:
     for name in args.learners:
         run_dir = out / name / "run"
         if not finished(run_dir, config_for(name, args.data_dir, args.steps, args.mixed_precision)):
-            child = subprocess.Popen([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out), "--train-child", name]
+            child = subprocess.Popen([sys.executable, __file__, "--data-dir", args.data_dir, "--out", str(out),
+                                      "--train-child", name]
                                      + (["--steps", str(args.steps)] if args.steps else [])
                                      + (["--mixed-precision", args.mixed_precision] if args.mixed_precision else []))
             _, status, usage = os.wait4(child.pid, 0)

@@ -46,7 +46,8 @@ def main() -> None:
             rows.append({"learner": name, "inner_steps": steps, "step_peak_mb": (int(after) - int(before)) / 1024,
                          "process_peak_mb": int(after) / 1024})
             print(rows[-1], flush=True)
-    lines = ["| inner steps | learner | peak RSS growth over 3 training steps, graph building included (MB) | process peak RSS (MB) |",
+    lines = ["| inner steps | learner | peak RSS growth over 3 training steps, graph building included (MB) "
+             "| process peak RSS (MB) |",
              "|---|---|---|---|"]
     lines += [f"| {r['inner_steps']} | {r['learner']} | {r['step_peak_mb']:.0f} | {r['process_peak_mb']:.0f} |" for r in rows]
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,8 @@ def markdown(report: dict) -> str:
     for label, p in report["pair_distances"].items():
         lines.append(f"| {label} | {p['genuine']:.1f} | {p['same_alphabet']:.1f} | {p['other_alphabet']:.1f} |")
     lines += ["", "## Calibration populations (target 5 %, impostor table)", "",
-              "Unknown rate (%) on the held-out alphabets per setting, and on the (upright) training characters at 20-way 1-shot.", "",
+              "Unknown rate (%) on the held-out alphabets per setting, "
+              "and on the (upright) training characters at 20-way 1-shot.", "",
               "| population | threshold | " + " | ".join(f"test {n}w{k}s" for n, k in SETTINGS) + " | train 20w1s |",
               "|---|---|" + "---|" * (len(SETTINGS) + 1)]
     for label, p in report["populations"].items():
@@ -172,7 +173,8 @@ def markdown(report: dict) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| target unknown | setting | threshold from | threshold | unknown rate | false reject | accuracy | accepted & correct |",
+    out = ["| target unknown | setting | threshold from | threshold | unknown rate | false reject | accuracy "
+           "| accepted & correct |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {pct(r['target_unknown'])} % | {r['n_way']}-way {r['k_shot']}-shot | {r['threshold_kind']} | "

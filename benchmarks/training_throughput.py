@@ -49,7 +49,8 @@ L2L_MEMORY_FORMAT = {"protonet": "channels_last", "maml": "contiguous"}
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot")))
+    parser.add_argument("--data-dir",
+                        default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot")))
     parser.add_argument("--out", default="runs/throughput")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per learner (medians over rounds)")
     parser.add_argument("--steps", type=int, default=20, help="timed ProtoNet steps per round (one 60-way episode each)")
@@ -175,7 +176,8 @@ def l2l_round(args, learner: str, npz: Path, steps: int, indices: Path | None, p
                "--n-way", str(s["n_way"]), "--k-shot", str(s["k_shot"]), "--n-query", str(s["n_query"]),
                "--meta-batch", str(s["meta_batch"]), "--lr", str(s["learning_rate"]),
                "--steps", str(steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner), "--precision", l2l_precision(args.precision)]
+               "--sampler", args.l2l_sampler, "--memory-format", memory_format(args, learner),
+               "--precision", l2l_precision(args.precision)]
     if learner == "maml":
         command += ["--inner-lr", str(s["options"]["inner_lr"]), "--inner-steps", str(s["options"]["inner_steps"])]
     command += ["--pipeline", "indices", "--episodes", str(indices)] if indices else ["--pipeline", "l2l"]
@@ -271,8 +273,9 @@ def _mixed(precision: str | None) -> str:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+           if Path("/proc/cpuinfo").exists() else platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
 
 
@@ -295,7 +298,8 @@ def report(result: dict) -> str:
                    f"{s['options']['inner_lr']}, Adam 1e-3"))
         lines += [f"## {learner}: {what}", "",
                   f"{r['rounds']} interleaved rounds of {r['timed_steps']} timed steps after {r['warmup']} warm-up steps.", "",
-                  "| side | input pipeline | episodes/s (median) | min - max | edgemeta / side (ratio of medians) | median of per-round ratios |",
+                  "| side | input pipeline | episodes/s (median) | min - max | edgemeta / side (ratio of medians) "
+                  "| median of per-round ratios |",
                   "|---|---|---|---|---|---|"]
         for side, label in (("edgemeta", "edgemeta EpisodeSampler (tf.data)"),
                             ("l2l", f"learn2learn MetaDataset + TaskDataset ({result['l2l_sampler']})"),
@@ -323,7 +327,8 @@ def report(result: dict) -> str:
                           ("learn2learn (torch.profiler, self CPU time)", l2l.get("top_ops", []))):
             if ops:
                 lines += ["", f"Top ops, {name}:", "", "| op | ms | share | calls |", "|---|---|---|---|"]
-                lines += [f"| {o['op']} | {o.get('ms', o.get('self_ms'))} | {100 * o['share']:.1f} % | {o['calls']} |" for o in ops]
+                lines += [f"| {o['op']} | {o.get('ms', o.get('self_ms'))} | {100 * o['share']:.1f} % | {o['calls']} |"
+                          for o in ops]
         lines.append("")
     return "\n".join(lines)
 
@@ -360,7 +365,8 @@ def main(argv=None) -> None:
             measured[learner]["l2l"].append(own["episodes_per_second"][0])
             measured[learner]["l2l_indices"].append(fixed["episodes_per_second"][0])
             print(f"round {r + 1}/{args.rounds} {learner}: edgemeta {e['episodes_per_second']:.2f}, learn2learn "
-                  f"{own['episodes_per_second'][0]:.2f} (own pipeline), {fixed['episodes_per_second'][0]:.2f} (by index) episodes/s",
+                  f"{own['episodes_per_second'][0]:.2f} (own pipeline), "
+                  f"{fixed['episodes_per_second'][0]:.2f} (by index) episodes/s",
                   flush=True)
     learners = {}
     for learner, m in measured.items():
@@ -388,7 +394,8 @@ def main(argv=None) -> None:
         "precision": {"requested": args.precision, "edgemeta": _mixed(resolve_mixed_precision(configs[args.learners[0]])),
                       "learn2learn": _mixed(None if l2l_precision(args.precision) == "float32" else "bfloat16")},
         "l2l_memory_format": {learner: memory_format(args, learner) for learner in args.learners},
-        "command": shlex.join([os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd())) else sys.executable,
+        "command": shlex.join([(os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd()))
+                                else sys.executable),
                                *sys.argv]),
         "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
         "learners": learners, "profile": profile,

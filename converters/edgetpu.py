@@ -126,8 +126,10 @@ def check_edgetpu(model: bytes | str | os.PathLike) -> EdgeTPUReport:
         name = op["op_name"]
         ops.append(name)
         reason = None
-        bad_types = sorted({np.dtype(t).name for t in op["operand_types"] if np.dtype(t) not in [np.dtype(x) for x in _OPERAND_TYPES]}
-                           | {np.dtype(t).name for t in op["result_types"] if np.dtype(t) not in [np.dtype(x) for x in _QUANTIZED]})
+        bad_types = sorted({np.dtype(t).name for t in op["operand_types"]
+                            if np.dtype(t) not in [np.dtype(x) for x in _OPERAND_TYPES]}
+                           | {np.dtype(t).name for t in op["result_types"]
+                              if np.dtype(t) not in [np.dtype(x) for x in _QUANTIZED]})
         if name not in SUPPORTED_OPS:
             reason = "not supported by the Edge TPU"
             unsupported.append(name)

@@ -36,7 +36,8 @@ def to_tflite(model, quantization: str = "int8", representative_images: np.ndarr
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization in _CALIBRATED:
         if representative_images is None or len(representative_images) == 0:
-            raise ValueError(f"{quantization} quantization needs representative_images (preprocessed training images). Received: none")
+            raise ValueError(f"{quantization} quantization needs representative_images (preprocessed training images). "
+                             "Received: none")
         expected = tuple(model.input_shape[1:])
         if input_patches > 1:  # the calibration images are images; the model's input, their patches
             expected = (*expected[:2], expected[2] // (input_patches * input_patches))

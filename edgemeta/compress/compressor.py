@@ -138,7 +138,8 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
                       data_dir: str | None = None, episodes: int = 600, verbose: int | str = 2,
                       command: str = "", *, export_bundle: ExportBundle, to_tflite: ToTFLite) -> dict[str, Any]:
     """Runs every recipe on the run, each into `out_dir/NAME/` (reusing variants an earlier, interrupted
-    report in `out_dir` finished with the same recipe), measures the float teacher on the same held-out episodes, and writes `report.json`, `report.md` and `pareto.png` into `out_dir` (with
+    report in `out_dir` finished with the same recipe), measures the float teacher on the same held-out episodes,
+    and writes `report.json`, `report.md` and `pareto.png` into `out_dir` (with
     `episodes=0`: the bundles only, for runs without held-out classes). `export_bundle` and `to_tflite`
     are `converters`' (the teacher's float32 size comes from `to_tflite`)."""
     from edgemeta.compress.report import feasible_tasks, side_by_side_latency_ms, write_report

@@ -16,7 +16,8 @@ def prune(model: keras.Model, sparsity: float | None, steps: int, structured: bo
     quarters of `steps`, leaving the rest of fine-tuning to recover at the final sparsity. Structured:
     2:4 sparsity from the first step, on the layers whose kernels group into fours per output channel
     (the first conv of a one-channel image, 3x3x1 = 9 weights per filter, stays dense).
-    `model` itself is left untouched. Train with the `tfmot.sparsity.keras.UpdatePruningStep` callback; `strip_pruning` afterwards.
+    `model` itself is left untouched. Train with the `tfmot.sparsity.keras.UpdatePruningStep` callback;
+    `strip_pruning` afterwards.
     """
     import tensorflow_model_optimization as tfmot
 

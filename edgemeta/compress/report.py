@@ -136,7 +136,8 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{float_bytes:,} bytes.\n\nAccuracy through the runtime on {report['episodes']} held-out episodes per task "
             f"(5 queries per class, 95 % CI), the same episodes for every variant. Δ is the float teacher minus the "
             f"variant, in points (positive: the variant is worse). Latency: median per image with 1 interpreter thread, "
-            f"all variants interleaved in one run; a raw image includes preprocessing, a model call does not.\n\n" + "\n".join(lines) + "\n\n"
+            f"all variants interleaved in one run; a raw image includes preprocessing, a model call does not.\n\n"
+            + "\n".join(lines) + "\n\n"
             f"Command: `{report['command']}`\n")
 
 

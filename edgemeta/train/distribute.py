@@ -52,7 +52,8 @@ def read_tf_config() -> dict[str, Any] | None:
                          f"Received: {raw!r}")
     index = task.get("index", 0)
     if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
-        raise ValueError(f"TF_CONFIG task index must be within its cluster list of {len(cluster[task['type']])}. Received: {index!r}")
+        raise ValueError(f"TF_CONFIG task index must be within its cluster list of {len(cluster[task['type']])}. "
+                         f"Received: {index!r}")
     return config
 
 

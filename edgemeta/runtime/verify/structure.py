@@ -227,7 +227,8 @@ def check_against_manifest(info: ModelInfo, manifest: Manifest) -> None:
     inp, out = info.inputs[0], info.outputs[0]
     expected = tuple(manifest.model_input_shape)
     if inp.index < 0 or len(inp.shape) != len(expected) + 1 or inp.shape[1:] != expected:
-        made_by = "the preprocessing produces" if manifest.input_patches == 1 else f"the {manifest.input_patches}x{manifest.input_patches} patches of the preprocessed image are"
+        made_by = ("the preprocessing produces" if manifest.input_patches == 1
+                   else f"the {manifest.input_patches}x{manifest.input_patches} patches of the preprocessed image are")
         raise fail(f"the input must be (batch, *{expected}) as {made_by}. "
                    f"Received: input shape {list(inp.shape)}")
     dtype = manifest.quantization.get("input_dtype", "float32")

@@ -20,7 +20,8 @@ def check_backbone(backbone: keras.Model) -> None:
                 f"{layer.name!r} of type {type(layer).__name__}.")
         inbound = getattr(layer, "_inbound_nodes", [])
         if len(inbound) > 1 or (inbound and len(inbound[0].parent_nodes) > 1):
-            raise ValueError(f"Functional fast weights need a chain backbone. Received: layer {layer.name!r} with several inputs.")
+            raise ValueError("Functional fast weights need a chain backbone. "
+                             f"Received: layer {layer.name!r} with several inputs.")
 
 
 def forward(backbone: keras.Model, weights: Sequence[tf.Tensor], images: tf.Tensor) -> tf.Tensor:

@@ -44,7 +44,8 @@ class MAML(Learner):
         if adapt not in ("all", "head"):
             raise ValueError(f"adapt must be 'all' (MAML) or 'head' (ANIL). Received: {adapt!r}")
         if head_init not in ("meta", "prototypes"):
-            raise ValueError(f"head_init must be 'meta' (a meta-learned head) or 'prototypes' (Proto-MAML). Received: {head_init!r}")
+            raise ValueError("head_init must be 'meta' (a meta-learned head) or 'prototypes' (Proto-MAML). "
+                             f"Received: {head_init!r}")
         self.inner_steps, self.eval_inner_steps, self.inner_lr = inner_steps, eval_inner_steps, inner_lr
         self.first_order, self.adapt, self.head_init = first_order, adapt, head_init
         if head_init == "meta":  # with prototypes the head comes from the support set: nothing to meta-learn

@@ -31,7 +31,8 @@ class MatchingNet(Learner):
         if fce_steps < 1:
             raise ValueError(f"fce_steps must be >= 1. Received: {fce_steps}")
         self.fce, self.fce_steps = fce, fce_steps
-        self.log_scale = self.add_weight(name="log_scale", shape=(), initializer=keras.initializers.Constant(tf.math.log(float(scale))))
+        self.log_scale = self.add_weight(name="log_scale", shape=(),
+                                         initializer=keras.initializers.Constant(tf.math.log(float(scale))))
         if fce:
             dim = self.embedding_dim
             self.support_lstm = keras.layers.Bidirectional(keras.layers.LSTM(dim, return_sequences=True), merge_mode="sum")
