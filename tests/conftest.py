@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ def trained_once(tmp_path_factory, name: str, build: Callable[[Path], dict[str, 
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if `build` raises
         if done.is_file():
             return load(out)
+        shutil.rmtree(out, ignore_errors=True)  # what a worker whose build failed left
         value = build(out)
         done.touch()
         return value
