@@ -85,9 +85,9 @@ def held_out_set(saved_config: dict[str, Any], dataset: str | None = None, data_
                  groups: Sequence[str] | None = None) -> ImageClassDataset:
     """The held-out classes of a run's saved `TrainConfig` (empty: digits' defaults), with the command
     line's dataset, data directory and Omniglot alphabets overriding it. Loads without TensorFlow."""
-    from edgemeta.train.training import TrainConfig, load_split  # the config and the split are TensorFlow-free
+    from edgemeta.data.splits import DataSplit, load_split  # TensorFlow-free, and no workstation module
 
-    config = TrainConfig(**saved_config) if saved_config else TrainConfig(dataset=dataset or "digits")
+    config = DataSplit.of(saved_config) if saved_config else DataSplit(dataset=dataset or "digits")
     overrides: dict[str, Any] = {"rotations": False}
     if dataset:
         overrides["dataset"] = dataset

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from edgemeta.data.dataset import ImageClassDataset
+from edgemeta.data.episodes import OpenSetEpisodes
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.evaluation import ci95
 from edgemeta.runtime.prototypes import for_metric, mean_prototypes, squared_distances
@@ -42,14 +43,14 @@ def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset
     check_target(target_false_accept)
     embedder = _embedder(bundle_or_embedder)
     ks = sorted({int(k_shot), *TABLE_SHOTS})
-    sampler = _Episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=max(ks))
+    sampler = _episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=max(ks))
     # Classes too small for the larger table shot counts just leave those counts out of the table.
-    ks = [k for k in ks if k <= sampler.max_shots]
+    ks = [k for k in ks if k <= sampler.shots]
     metric = embedder.manifest.metric
     x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
     nearest_impostor, nearest_genuine, per_class = [], [], {k: [] for k in ks}
     with _one_blas_thread():
-        for shots, genuine, impostors in sampler:
+        for shots, genuine, impostors in sampler.take(episodes):
             queries = np.concatenate([impostors, genuine])
             for k in ks:
                 d = prototype_distances(x, shots[:, :k], queries, metric)
@@ -109,13 +110,13 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
         threshold = threshold_for(threshold, n_way, k_shot=k_shot)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a non-negative distance or an open_set dict. Received: {threshold!r}")
-    sampler = _Episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=k_shot)
+    sampler = _episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=k_shot)
     metric = embedder.manifest.metric
     x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
     rejected, false_reject, correct, correct_accepted = [], [], [], []
     truth = np.repeat(np.arange(sampler.n_way), n_query)
     with _one_blas_thread():
-        for shots, genuine, impostors in sampler:
+        for shots, genuine, impostors in sampler.take(episodes):
             d = prototype_distances(x, shots, np.concatenate([impostors, genuine]), metric)
             di, dg = d[: len(impostors)], d[len(impostors) :]
             rejected.append(di.min(1) > threshold)
@@ -170,63 +171,17 @@ def check_target(target: float) -> None:
         raise ValueError(f"target_false_accept must be a rate in (0, 1), e.g. 0.05. Received: {target!r}")
 
 
+def _episodes(dataset: ImageClassDataset, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int,
+              within_group: bool, shots_needed: int) -> OpenSetEpisodes:
+    """The open-set episodes (`edgemeta.data.episodes.OpenSetEpisodes`) of which the first `episodes` are measured."""
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer. Received: {episodes!r}")
+    return OpenSetEpisodes(dataset, n_way, k_shot, n_query, within_group, seed, shots_needed)
+
+
 def _embedder(bundle_or_embedder: str | os.PathLike | Embedder) -> Embedder:
     if isinstance(bundle_or_embedder, Embedder):
         return bundle_or_embedder
     if isinstance(bundle_or_embedder, (str, os.PathLike)):
         return Embedder.from_bundle(bundle_or_embedder)
     raise TypeError(f"Expected a bundle directory or an Embedder. Received: {type(bundle_or_embedder).__name__}")
-
-
-class _Episodes:
-    """Seeded numpy episodes with impostors: `(shots (n_way, k) image indices, genuine query indices
-    (class-major, n_query per class), impostor indices)`. Impostors are images of classes not enrolled
-    in the episode (within its group if `within_group`), as many as genuine queries when available."""
-
-    def __init__(self, dataset, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int,
-                 within_group: bool, shots_needed: int) -> None:
-        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query), ("episodes", episodes)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer. Received: {value!r}")
-        if not hasattr(dataset, "images") or not hasattr(dataset, "labels"):
-            raise TypeError(f"Expected an edgemeta ImageClassDataset. Received: {type(dataset).__name__}")
-        counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
-        if counts.min() < k_shot + n_query:
-            worst = int(np.argmin(counts))
-            raise ValueError(f"Every class needs k_shot + n_query = {k_shot + n_query} images. Received: class "
-                             f"{dataset.class_names[worst]!r} has {counts[worst]}.")
-        groups = sorted(set(dataset.groups)) if within_group else ["all"]
-        group_of = (np.array([groups.index(g) for g in dataset.groups]) if within_group
-                    else np.zeros(dataset.num_classes, int))
-        sizes = np.bincount(group_of, minlength=len(groups))
-        # An episode needs at least one class left over to draw impostors from.
-        self.eligible = np.flatnonzero(sizes > n_way)
-        if len(self.eligible) == 0:
-            where = (f"any group (largest: {sizes.max()} classes)" if within_group
-                     else f"the dataset ({dataset.num_classes} classes)")
-            raise ValueError(f"Open-set episodes need more than n_way={n_way} classes in {where}, so that some are "
-                             f"never enrolled. Received: {dataset!r}")
-        self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(n_query)
-        self.episodes, self.seed = int(episodes), seed
-        self.max_shots = int(counts.min()) - n_query
-        self.shots_needed = min(int(shots_needed), self.max_shots)
-        self.members = [np.flatnonzero(dataset.labels == c) for c in range(dataset.num_classes)]
-        self.classes_of_group = [np.flatnonzero(group_of == g) for g in range(len(groups))]
-        used = [groups[g] for g in self.eligible] if within_group else sorted(set(dataset.groups))
-        n_classes = int(sizes[self.eligible].sum())
-        impostors = "impostors from the enrolled classes' own group" if within_group else "impostors from any other class"
-        self.description = f"{dataset.name}: {n_classes} classes in {len(used)} group(s) ({', '.join(used)}), {impostors}"
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        rng = np.random.default_rng(self.seed)
-        per_class = self.shots_needed + self.n_query
-        for _ in range(self.episodes):
-            group = self.eligible[rng.integers(len(self.eligible))]
-            order = rng.permutation(self.classes_of_group[group])
-            enrolled, others = order[: self.n_way], order[self.n_way :]
-            picks = np.stack([rng.permutation(self.members[c])[:per_class] for c in enrolled])
-            # Genuine queries come after the largest shot count, so every k uses the same queries.
-            shots, genuine = picks[:, : self.shots_needed], picks[:, self.shots_needed :].ravel()
-            pool = np.concatenate([self.members[c] for c in others])
-            impostors = rng.choice(pool, min(len(pool), self.n_way * self.n_query), replace=False)
-            yield shots, genuine, impostors

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from edgemeta.data import ImageClassDataset, load_digits, load_image_folder, load_omniglot
-from edgemeta.data.digits import PREPROCESSING as DIGITS_PREPROCESSING
-from edgemeta.data.omniglot import PREPROCESSING as OMNIGLOT_PREPROCESSING
-from edgemeta.format.preprocessing import Preprocessing
+from edgemeta.data import ImageClassDataset
 
-OMNIGLOT_TRAIN = ("Balinese", "Greek", "Japanese_(katakana)", "Korean", "Sanskrit")
-OMNIGLOT_TEST = ("Early_Aramaic", "Latin", "Tagalog")
+# The data split's home is edgemeta.data.splits (TensorFlow-free); its names stay importable from here.
+from edgemeta.data.splits import OMNIGLOT_TEST as OMNIGLOT_TEST
+from edgemeta.data.splits import OMNIGLOT_TRAIN as OMNIGLOT_TRAIN
+from edgemeta.data.splits import load_split as load_split
+
 EMBEDDING_FILE = "embedding.keras"
 RUN_FILE = "run.json"
 LEARNER_WEIGHTS_FILE = "learner.weights.h5"
@@ -89,33 +90,6 @@ def resolve_mixed_precision(config: TrainConfig) -> str | None:
 
         return "bfloat16" if amx_bfloat16_cpu() else None
     return None if config.mixed_precision == "float32" else config.mixed_precision
-
-
-def load_split(config: TrainConfig) -> tuple[ImageClassDataset, ImageClassDataset | None]:
-    """Returns (meta-train set with optional rotations, held-out test set or None)."""
-    defaults = {"omniglot": OMNIGLOT_PREPROCESSING, "digits": DIGITS_PREPROCESSING, "folder": Preprocessing()}[config.dataset]
-    pre = replace(defaults, height=config.image_size, width=config.image_size,
-                  invert=defaults.invert if config.invert is None else config.invert)
-    if config.dataset == "omniglot":
-        full = load_omniglot(config.data_dir, preprocessing=pre)
-        train_groups = list(config.train_groups or OMNIGLOT_TRAIN)
-        test_groups = list(config.test_groups if config.test_groups is not None else OMNIGLOT_TEST)
-        train = full.subset(groups=train_groups)
-        test = full.subset(groups=test_groups) if test_groups else None
-    elif config.dataset == "digits":
-        full = load_digits(pre)
-        train_classes = list(config.train_classes if config.train_classes is not None else range(5))
-        train = full.subset(classes=train_classes)
-        rest = [c for c in range(full.num_classes) if c not in set(train_classes)]
-        test = full.subset(classes=rest) if rest else None
-    else:
-        if not config.data_dir:
-            raise ValueError("dataset='folder' needs data_dir: a folder with one sub-folder per class.")
-        train = load_image_folder(config.data_dir, pre)
-        test = load_image_folder(config.test_dir, pre) if config.test_dir else None
-    if config.rotations:
-        train = train.with_rotations()
-    return train, test
 
 
 def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (), verbose: int | str = "auto",

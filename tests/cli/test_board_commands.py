@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from edgemeta.data.splits import OMNIGLOT_TEST
 from edgemeta.presets import preset_path
-from edgemeta.train.training import OMNIGLOT_TEST
 from tests.harness import cli_in_process, run_python
 
 BLOCKED = ("tensorflow", "tf_keras", "keras", "sklearn")  # what `edgemeta[device]` does not install

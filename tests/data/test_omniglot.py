@@ -6,7 +6,7 @@ import pytest
 
 from edgemeta.data import load_omniglot
 from edgemeta.data import omniglot as omniglot_module
-from edgemeta.train.training import OMNIGLOT_TEST, OMNIGLOT_TRAIN
+from edgemeta.data.splits import OMNIGLOT_TEST, OMNIGLOT_TRAIN
 
 
 def test_shared_small_sets_deduplicated(omniglot):
