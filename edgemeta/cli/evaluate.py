@@ -20,13 +20,15 @@ HELP = "accuracy ± 95%% CI of a run (Keras) or a bundle (runtime) on held-out c
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
+    from edgemeta.data.splits import DATASETS  # here: the board's commands don't pay for the data loaders
+
     p = parser
     p.add_argument("path", help="run directory or bundle directory")
     add_task_arguments(p)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--within-alphabet", action="store_true", help="draw each episode from one alphabet (group)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir")
     p.add_argument("--alphabets", nargs="+", help="held-out Omniglot alphabets (default: the run's test split)")
     p.add_argument("--adaptation", choices=["prototypes", "own"], default="prototypes",

@@ -15,6 +15,8 @@ HELP = "meta-train a learner on episodes; writes RUN_DIR"
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
+    from edgemeta.data.splits import DATASETS  # here: the board's commands don't pay for the data loaders
+
     p = parser
     p.add_argument("--out", required=True, help="run directory to write (embedding.keras, learner.weights.h5, run.json)")
     p.add_argument("--learner", default="protonet",
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a learner option, e.g. --option inner_steps=5 --option inner_lr=0.1 (repeatable)")
     p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
-    p.add_argument("--dataset", choices=["digits", "omniglot", "folder"])
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", help="Omniglot zip directory, or the training folder of class sub-folders")
     p.add_argument("--test-dir", help="folder dataset: held-out class sub-folders")
     p.add_argument("--train-alphabets", nargs="+")

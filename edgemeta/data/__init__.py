@@ -2,8 +2,10 @@
 
 from edgemeta.data.dataset import ImageClassDataset
 from edgemeta.data.digits import load_digits
-from edgemeta.data.episodes import Episode, EpisodeIndices
+from edgemeta.data.episodes import Episode, EpisodeIndices, OpenSetEpisodes
 from edgemeta.data.folder import load_image_folder
 from edgemeta.data.omniglot import load_omniglot
+from edgemeta.data.splits import DATASETS, DataSplit, load_split
 
-__all__ = ["Episode", "EpisodeIndices", "ImageClassDataset", "load_digits", "load_image_folder", "load_omniglot"]
+__all__ = ["DATASETS", "DataSplit", "Episode", "EpisodeIndices", "ImageClassDataset", "OpenSetEpisodes", "load_digits",
+           "load_image_folder", "load_omniglot", "load_split"]

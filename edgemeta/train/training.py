@@ -15,6 +15,7 @@ from typing import Any
 from edgemeta.data import ImageClassDataset
 
 # The data split's home is edgemeta.data.splits (TensorFlow-free); its names stay importable from here.
+from edgemeta.data.splits import DATASETS
 from edgemeta.data.splits import OMNIGLOT_TEST as OMNIGLOT_TEST
 from edgemeta.data.splits import OMNIGLOT_TRAIN as OMNIGLOT_TRAIN
 from edgemeta.data.splits import load_split as load_split
@@ -59,8 +60,8 @@ class TrainConfig:
     jit_compile: bool = False  # XLA; measured slower for Conv-4 on CPU (benchmarks/jit_compile.py): opt in on GPUs
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("digits", "omniglot", "folder"):
-            raise ValueError(f"dataset must be 'digits', 'omniglot' or 'folder'. Received: {self.dataset!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}. Received: {self.dataset!r}")
         if self.steps < 1 or self.epochs < 1:
             raise ValueError(f"steps and epochs must be positive. Received: steps={self.steps}, epochs={self.epochs}")
         if self.mixed_precision not in MIXED_PRECISIONS:
