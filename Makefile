@@ -22,10 +22,11 @@ demo: venv
 demo-omniglot: venv
 	$(BIN)/edgemeta demo --dataset omniglot --data-dir $(OMNIGLOT_DIR) --out runs/demo-omniglot
 
-# Two pytest-xdist workers (2 cores: about half the wall time); each test module stays on one worker, and
-# one worker trains the shared runs the other loads (tests/conftest.py). `pytest -m "not slow"`: the fast tier.
+# Two pytest-xdist workers (about half the wall time on 2 cores). A module runs whole on one worker, those with
+# slow tests first; one worker trains the shared runs, the other loads them (tests/conftest.py).
+# `pytest -m "not slow"` is the developers' fast tier.
 test: venv
-	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=10
+	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
 
 # Real training and speed figures (minutes to an hour on 2 cores); never part of `make test`.
 bench: venv

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,15 @@ def trained_once(tmp_path_factory, name: str, build: Callable[[Path], dict[str, 
         value = build(out)
         done.touch()
         return value
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist, modules with more slow tests run first (modules keep their own order; a worker takes a
+    whole module at a time), so that neither worker ends the run alone on a long module."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = Counter(item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable sort
 
 
 @pytest.fixture(scope="session")
