@@ -84,8 +84,8 @@ def test_conversion_input_errors(digits_run):
 
 def test_patch_input_is_the_same_function_and_only_applies_to_grayscale_convolution_chains(digits_run):
     from converters.tflite import patch_input
-    from edgemeta.train.learners import conv4
     from edgemeta.format.patches import image_patches
+    from edgemeta.train.learners import conv4
 
     backbone = digits_run["net"].backbone
     patched, k = patch_input(backbone)
@@ -121,7 +121,8 @@ def test_bundles_without_patches_still_load_and_agree(digits_run, tmp_path):
     write_bundle(tmp_path / "lying", patched, Manifest(train.preprocessing, 64, quantization=manifest.quantization))
     from edgemeta.runtime.verify import ModelVerificationError
 
-    with pytest.raises(ModelVerificationError, match=r"the input must be \(batch, \*\(28, 28, 1\)\).*Received: input shape \[1, 28, 28, 9\]"):
+    with pytest.raises(ModelVerificationError,
+                       match=r"the input must be \(batch, \*\(28, 28, 1\)\).*Received: input shape \[1, 28, 28, 9\]"):
         Embedder.from_bundle(tmp_path / "lying")
     with pytest.raises(ValueError, match="input_patches must be a positive odd integer. Received: 2"):
         Manifest(train.preprocessing, 64, input_patches=2)

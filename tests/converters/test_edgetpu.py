@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.harness import ROOT, run_python
 from converters.edgetpu import COMPILER, check_edgetpu, compile_for_edgetpu, static_batch_model
 from edgemeta.format.bundle import MANIFEST_FILE, MODEL_FILE, read_bundle
 from edgemeta.runtime.interpreter import delegate_available, make_interpreter
+from tests.harness import ROOT, run_python
 
 CONV4_OPS = ["CONV_2D", "MAX_POOL_2D"] * 4 + ["RESHAPE"]
 
@@ -153,7 +153,8 @@ def test_edgetpu_delegate_falls_back_to_the_cpu_with_a_warning(digits_run):
 
 def test_make_interpreter_argument_errors(digits_run):
     path = str(digits_run["bundles"]["int8"] / MODEL_FILE)
-    with pytest.raises(ValueError, match=r"exactly one of model_path or model_content. Received: model_path=None, model_content=None"):
+    with pytest.raises(ValueError,
+                       match=r"exactly one of model_path or model_content. Received: model_path=None, model_content=None"):
         make_interpreter()
     with pytest.raises(ValueError, match=r"Received: model_path='.*model.tflite', model_content=<3 bytes>"):
         make_interpreter(path, model_content=b"abc")

@@ -21,9 +21,7 @@ from edgemeta import deploy as dp
 from edgemeta.format.bundle import read_bundle
 from edgemeta.format.units import parse_rate
 from edgemeta.runtime import Embedder, FewShotAdapter, PrototypeStore
-
 from tests.deploy import sshd as sshd_helper
-
 from tests.harness import ROOT, free_port
 
 

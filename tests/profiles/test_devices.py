@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, run_python
 from edgemeta.profiles import DeviceProfile, list_profiles, load_profile
+from tests.harness import ROOT, run_python
 
 DEVICES = ROOT / "devices"  # setup scripts, the systemd unit, the README
 PROFILES = ROOT / "edgemeta" / "profiles"  # the profiles themselves, package data
@@ -62,7 +62,8 @@ def test_unknown_name_and_missing_file_say_what_was_received():
     ({"threads": 5}, r"field 'threads' must be an integer from 1 to cores \(4\). Received: 5"),
     ({"memory_budget_mb": 1024}, r"field 'memory_budget_mb' must be .* below the smallest ram_mb \(1024\). Received: 1024"),
     ({"ram_mb": []}, r"field 'ram_mb' must be a non-empty list .* Received: \[\]"),
-    ({"interpreter": "tensorflow"}, r"field 'interpreter' must be one of \['ai_edge_litert', 'tflite_runtime'\]. Received: 'tensorflow'"),
+    ({"interpreter": "tensorflow"},
+     r"field 'interpreter' must be one of \['ai_edge_litert', 'tflite_runtime'\]. Received: 'tensorflow'"),
     ({"delegate": "edgetpu"}, r"field 'delegate' must be null or the board's accelerator \(None\). Received: 'edgetpu'"),
     ({"setup": "../evil.sh"}, r"field 'setup' must be a setup script file name .* Received: '../evil.sh'"),
     ({"thread": 2}, r"unknown field\(s\) \['thread'\] \(a typo\?\)"),
@@ -111,7 +112,8 @@ def test_wheel_ships_the_profiles_as_package_data_and_finds_them(tmp_path):
         shutil.copy(ROOT / item, src)
     for item in ("edgemeta", "converters"):
         shutil.copytree(ROOT / item, src / item, ignore=shutil.ignore_patterns("__pycache__"))
-    build = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"],
+    build_wheel = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"
+    build = subprocess.run([sys.executable, "-c", build_wheel],
                            cwd=src, capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = tmp_path / "dist" / build.stdout.split()[-1]
@@ -157,7 +159,8 @@ def test_pi_setup_picks_the_interpreter_by_word_size():
 
 def test_setup_scripts_refuse_the_wrong_profile():
     result = _dry_run("setup-raspberry-pi.sh", "--device", "coral-usb-pi")
-    assert result.returncode == 1 and "profile coral-usb-pi is installed by setup-coral.sh. Received: --device coral-usb-pi" in result.stderr
+    assert result.returncode == 1
+    assert "profile coral-usb-pi is installed by setup-coral.sh. Received: --device coral-usb-pi" in result.stderr
     result = _dry_run("setup-raspberry-pi.sh", "--device", "pi-3")
     assert result.returncode == 1 and "unknown device profile. Received: --device pi-3" in result.stderr
     result = _dry_run("setup-coral.sh", "--device", "raspberry-pi-4")

@@ -4,8 +4,8 @@ import signal
 import numpy as np
 import pytest
 
-from tests.harness import blank_with_square, run_python
 from edgemeta.runtime import FewShotAdapter
+from tests.harness import blank_with_square, run_python
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_state_from_another_model_is_refused(digits_run, tmp_path):
 
 
 def test_cosine_metric_compares_directions_not_lengths():
-    from edgemeta.train.evaluation import nearest_prototype_accuracy
     from edgemeta.runtime.prototypes import for_metric
+    from edgemeta.train.evaluation import nearest_prototype_accuracy
 
     # The query points the way of class 1 but lies nearer (Euclidean) to class 0's prototype.
     support, labels = np.array([[1.0, 0.0], [10.0, 10.0]]), np.array([0, 1])

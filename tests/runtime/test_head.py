@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.harness import run_python
 
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.head import SoftmaxHead
 from edgemeta.runtime.prototypes import for_metric, squared_distances
+from tests.harness import run_python
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

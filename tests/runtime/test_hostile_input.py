@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ROOT, run_python
 from edgemeta.format.bundle import read_bundle, write_bundle
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.verify import ModelVerificationError, verify_model
 from edgemeta.runtime.verify.flatbuffer import Buffer
 from edgemeta.runtime.verify.probe import _run_in_child
+from tests.harness import ROOT, run_python
 
 FUZZ = r"""
 import json, sys

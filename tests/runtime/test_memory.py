@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.harness import ROOT, blank_with_square, cli_in_process
 from edgemeta.runtime import FewShotAdapter, MemoryBudgetError
 from edgemeta.runtime.budget import class_bytes
 from edgemeta.runtime.memory import MB, current_rss_bytes
+from tests.harness import ROOT, blank_with_square, cli_in_process
 
 PRESET = ROOT / "edgemeta" / "presets" / "omniglot"
 

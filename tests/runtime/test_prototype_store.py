@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.harness import blank_with_square, run_python
 from edgemeta.runtime import FewShotAdapter, PrototypeStore, StoreError
+from tests.harness import blank_with_square, run_python
 
 SHA = "ab" * 32
 

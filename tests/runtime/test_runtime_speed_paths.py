@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ROOT, blank_with_square
 from edgemeta.format.patches import image_patches
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.runtime import Embedder, FewShotAdapter
 from edgemeta.runtime.prototypes import for_metric, squared_distances
+from tests.harness import ROOT, blank_with_square
 
 PRESET = ROOT / "edgemeta" / "presets" / "omniglot"
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "box": Image.Resampling.BOX,
