@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from tests.harness import blank_with_square, cli_in_process, run_cli, run_python
 
 
+@pytest.mark.slow
 def test_train_export_evaluate_adapt(tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "bundle"
     result = run_cli("train", "--dataset", "digits", "--steps", "20", "--epochs", "2", "--out", run,
@@ -44,6 +46,7 @@ def test_train_export_evaluate_adapt(tmp_path):
     assert "Enrolled labels: ['square']" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_prints_the_comparison_table(tmp_path):
     result = run_cli("demo", "--steps", "20", "--episodes", "20", "--out", tmp_path / "demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,6 +70,7 @@ def test_errors_are_clear_and_exit_2(tmp_path):
     assert result.returncode == 2 and "empty class folder(s) ['empty_class']" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_any_learner_by_name_then_evaluate_its_own_adaptation(tmp_path):
     run = tmp_path / "maml"
     result = run_cli("train", "--learner", "fomaml", "--dataset", "digits", "--steps", "6", "--epochs", "1",

@@ -44,6 +44,7 @@ while True:  # nothing but saves, so a kill at a random moment lands inside one
 """
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_of_save_leaves_the_old_or_the_new_store(tmp_path):
     old, new = _store(1500, seed=1), _store(1700, seed=2)  # ~1 MB files: a save takes milliseconds
     old.save(tmp_path / "old.store")
