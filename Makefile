@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Absolute, so that it still holds for processes started in another directory.
 OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
-.PHONY: venv demo demo-omniglot test bench bench-training bench-compression bench-runtime preset clean
+.PHONY: venv demo demo-omniglot test lint bench bench-training bench-compression bench-runtime preset clean
 
 venv: $(VENV)/.installed
 
@@ -25,8 +25,12 @@ demo-omniglot: venv
 # Two pytest-xdist workers (about half the wall time on 2 cores). A module runs whole on one worker, those with
 # slow tests first; one worker trains the shared runs, the other loads them (tests/conftest.py).
 # `pytest -m "not slow"` is the developers' fast tier.
-test: venv
+test: venv lint
 	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
+
+# ruff (configured in pyproject.toml: line length, import order, pyupgrade, bugbear) on the whole tree.
+lint: venv
+	$(BIN)/ruff check .
 
 # Real training and speed figures (minutes to an hour on 2 cores); never part of `make test`.
 bench: venv
