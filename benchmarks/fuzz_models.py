@@ -9,7 +9,7 @@ to the header (file identifier, root table offset, root vtable). Two modes:
   exporter), so `edgemeta.runtime.verify` alone must stand between the bytes and the interpreter:
   each load raises a clear error or yields a model that runs.
 
-Run it in a process of its own (tests/test_hostile_input.py does): if anything crashes, that process
+Run it in a process of its own (tests/runtime/test_hostile_input.py does): if anything crashes, that process
 dies and the caller sees it. As a script it prints the counts as JSON:
 
     python benchmarks/fuzz_models.py BUNDLE [--cases 2000] [--seed 0]

@@ -36,7 +36,7 @@ from torch import nn
 
 
 def conv4(n_way: int | None = None, track_running_stats: bool = True) -> nn.Module:
-    """edgemeta's Conv-4 (edgemeta/learners/backbones.py) in PyTorch: 4 x [3x3 conv 64 'same' (with bias), BN,
+    """edgemeta's Conv-4 (edgemeta/train/learners/backbones.py) in PyTorch: 4 x [3x3 conv 64 'same' (with bias), BN,
     ReLU, 2x2 max-pool], flattened to 64-d on 28x28. Keras' BN momentum 0.9 is PyTorch's 0.1, epsilon 1e-3
     in both. `n_way` appends MAML's linear head."""
     layers: list[nn.Module] = []

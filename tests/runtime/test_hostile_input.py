@@ -24,8 +24,7 @@ FUZZ = r"""
 import json, sys
 for name in ("tensorflow", "tf_keras", "keras"):
     sys.modules[name] = None  # the runtime's path only, as on a board
-sys.path.insert(0, {bench!r})
-import fuzz_models
+from benchmarks import fuzz_models
 print("REPORT " + json.dumps(fuzz_models.run_campaign({bundle!r}, 500, seed=0)))
 """
 
@@ -50,7 +49,7 @@ def hostile_bundle(directory, model: bytes, source, **preprocessing_changes):
 
 def test_500_fuzzed_models_never_crash_the_process(int8_bundle):
     # All 500 loads run in one child: a crash anywhere is that child dying, seen here.
-    result = run_python(FUZZ.format(bench=str(ROOT / "benchmarks"), bundle=str(int8_bundle)), timeout=120)
+    result = run_python(FUZZ.format(bundle=str(int8_bundle)), timeout=120, cwd=ROOT)  # cwd: `benchmarks` importable
     assert result.returncode == 0, f"the loading process died (exit {result.returncode}): {result.stderr[-3000:]}"
     report = json.loads(result.stdout.split("REPORT ", 1)[1])
     print("\nfuzz, manifest unchanged:", report["hash"]["outcomes"], f"{report['hash']['seconds']} s")

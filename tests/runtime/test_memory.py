@@ -4,7 +4,6 @@ adapter's budget (refuse and change nothing, or evict the least recently used cl
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 
 import numpy as np
@@ -30,8 +29,7 @@ def test_preset_with_1000_classes_peaks_within_10_percent_of_the_plan():
     of them while another process (this test runner) keeps numpy and LiteRT in use. On a quiet machine
     the same child peaks at 45.6 MiB (benchmarks/runtime_memory.py, docs/runtime.md); here the
     process's private memory is what is bounded."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from runtime_memory import measure
+    from benchmarks.runtime_memory import measure
 
     result = measure(str(PRESET), classes=1000, shots=5, batch=8)
     print(json.dumps({k: v for k, v in result.items() if k != "plan"}))
