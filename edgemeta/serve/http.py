@@ -23,6 +23,9 @@ BODY_SECONDS = 30.0  # a whole body must arrive within this, or 408
 LINGER_SECONDS = 2.0  # reading what a refused client still sends, so it gets our answer
 ENDPOINTS = "GET /health, GET /labels, POST /enroll, POST /classify, POST /forget, DELETE /labels/<label>"
 JSON_TYPE = "application/json"
+# A request body nested deeper than this is refused: no endpoint takes more than 3 levels, and walking
+# a deeper one (a 2 KB body can nest 980 levels) would exhaust the recursion limit.
+MAX_JSON_DEPTH = 16
 
 
 def _http_server_module() -> Any:
@@ -58,6 +61,24 @@ def _route(method: str, path: str) -> tuple[str, str | None]:
     raise HTTPError(404, f"No such endpoint. Received: {method} {path[:100]}. Endpoints: {ENDPOINTS}")
 
 
+def json_depth(value: Any, limit: int) -> int:
+    """How deep `value` nests arrays and objects, counted without recursion and only up to `limit + 1`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\x1b, \\n), so a request cannot forge or colour log lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Handler(_http_server.BaseHTTPRequestHandler):
     """One connection, one request: routed to `self.server.service`; every answer, errors included, is JSON."""
 
@@ -85,6 +106,9 @@ class Handler(_http_server.BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._serve("PATCH")
 
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")  # a GET's status and headers, no body (monitors probe /health this way)
+
     def _serve(self, method: str) -> None:
         start, status, path = time.monotonic(), 500, "?"
         try:
@@ -104,25 +128,25 @@ class Handler(_http_server.BaseHTTPRequestHandler):
                 self._discard_unread()
         finally:
             took = 1000 * (time.monotonic() - start)
-            log(f'{self.client_address[0]} "{method} {path[:200]}" {status} {took:.0f} ms')
+            log(f'{self.client_address[0]} "{method} {printable(path[:200])}" {status} {took:.0f} ms')
 
     def _dispatch(self, method: str, path: str) -> dict:
         service = self.server.service
-        name, argument = _route(method, path)
+        name, argument = _route("GET" if method == "HEAD" else method, path)
+        service.check_host(self.headers.get("Host"))  # every path: /health too tells a rebinding page things
         problem = service.auth_problem(self.headers.get_all("Authorization"))
         if name == "health":
             return service.health(full=problem is None)
         if problem is not None:
             raise HTTPError(401, "This service requires its token: send 'Authorization: Bearer <token>'. "
                                  f"Received: {problem}", {"WWW-Authenticate": 'Bearer realm="edgemeta"'})
-        service.check_host(self.headers.get("Host"))
         if name == "labels":
             return service.labels()
         if argument is not None:
             return service.forget(argument)
-        length = self._body_length()
+        # The whole body first, then the model: a slow upload holds its own slot, never the model.
+        body = self._read_json(self._body_length())
         with service.working():
-            body = self._read_json(length)
             if name == "forget":
                 return service.forget(fields_of(body, required=("label",))["label"])
             return service.enroll(body) if name == "enroll" else service.classify(body)
@@ -176,10 +200,15 @@ class Handler(_http_server.BaseHTTPRequestHandler):
             self._unread = length - received
         view.release()
         try:
-            return json.loads(buffer)
+            body = json.loads(buffer)
         except (ValueError, RecursionError) as e:
             raise HTTPError(400, f"The body is not valid JSON ({str(e)[:200]}). Received: {length} bytes "
                                  f"starting {bytes(buffer[:40])!r}") from None
+        depth = json_depth(body, MAX_JSON_DEPTH)
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"The body nests too deep: at most {MAX_JSON_DEPTH} levels of arrays and objects. "
+                                 f"Received: more than {MAX_JSON_DEPTH} levels")
+        return body
 
     def _send_json(self, status: int, payload: dict, headers: dict[str, str]) -> None:
         data = json.dumps(payload).encode()
@@ -191,6 +220,8 @@ class Handler(_http_server.BaseHTTPRequestHandler):
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
+            if self.command == "HEAD":
+                data = b""
             if not self._unread:  # a connection that still drains an upload keeps its slot until it ends
                 self.server.release_slot()  # before the last bytes: a client with its answer finds it free
             self.wfile.write(data)
@@ -223,7 +254,7 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         pass  # _serve logs one line per request, with its duration
 
     def log_message(self, format: str, *args: Any) -> None:
-        log(f"{self.client_address[0]} {format % args}")
+        log(f"{self.client_address[0]} {printable(format % args)}")
 
 
 class Server(_http_server.ThreadingHTTPServer):
