@@ -44,12 +44,29 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+# What `pip install 'edgemeta[train]'` adds to a board's `edgemeta[device]`.
+WORKSTATION_MODULES = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "sklearn", "matplotlib")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
     args.argv = argv
     try:
         return command_module(args.command).run(args)
-    except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as e:
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in WORKSTATION_MODULES:
+            raise
+        # A board venv (edgemeta[device]) has no TensorFlow: say what to install, not a traceback.
+        print(f"edgemeta {args.command}: error: this needs the workstation side, which is not installed: "
+              f"pip install 'edgemeta[train]'. Received: no module {e.name!r}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        budget = sys.modules.get("edgemeta.runtime.budget")  # not imported here: the CLI starts small
+        if budget is None or not isinstance(e, budget.MemoryBudgetError):
+            raise
+        print(f"edgemeta {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, OSError, TypeError, RuntimeError) as e:
         print(f"edgemeta {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -97,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
                "image_size": args.image_size, "invert": args.invert, "episodes_per_batch": args.episodes_per_batch,
                "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
+    if config.dataset == "digits" and (args.data_dir or args.test_dir):
+        # scikit-learn's digits read no files: a folder given without --dataset would silently go unused.
+        raise ValueError("--data-dir and --test-dir are not read by the digits dataset (the default). Add "
+                         "--dataset folder (class sub-folders) or --dataset omniglot (the zips). "
+                         f"Received: --data-dir {args.data_dir!r} with dataset 'digits'")
     callbacks = []
     if args.tensorboard or args.checkpoints:
         from edgemeta.train.backend import keras

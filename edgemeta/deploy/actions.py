@@ -241,11 +241,17 @@ def _cannot_reenroll(missing: int, total: int, keep_support: str | None, labels:
 
 
 def _bundle_files(bundle: Path) -> list[str]:
-    """Every regular file of the bundle (relative names, sorted), hidden ones excepted."""
+    """Every regular file of the bundle (relative names, sorted), hidden ones excepted. A symbolic link is
+    refused, never followed: one pointing at a private key would be uploaded as a plain file."""
     files = []
     for path in sorted(bundle.rglob("*")):
         rel = path.relative_to(bundle).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")) or not path.is_file():
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if path.is_symlink():
+            raise ValueError(f"The bundle holds a symbolic link, which deploy does not follow: {rel!r} -> "
+                             f"{os.readlink(path)!r}. Copy the file itself into the bundle. Received bundle {bundle}")
+        if not path.is_file():
             continue
         if "\n" in rel or rel in (SUMS_FILE, PENDING_STORE, SAVED_STORE):
             raise ValueError(f"The bundle holds a file deploy reserves or cannot name: {rel!r}. Received bundle {bundle}")
