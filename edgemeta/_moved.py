@@ -47,6 +47,8 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self._specs: dict[str, object] = {}
 
     def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001 (importlib's signature)
+        if not fullname.startswith("edgemeta."):  # first on sys.meta_path: every other import passes here
+            return None
         target_name = new_name(fullname)
         if target_name is None:
             return None

@@ -100,9 +100,10 @@ def run_learner_test(name: str, options: dict[str, Any] | None = None, *, learni
     """
     from converters import export_bundle
     from edgemeta.runtime import Embedder, FewShotAdapter
+    from edgemeta.runtime.evaluation import evaluate_adapter_on_episodes
     from edgemeta.train.backend import keras
     from edgemeta.train.episodes import EpisodeSampler
-    from edgemeta.train.evaluation import evaluate_adapter_on_episodes, evaluate_keras, evaluate_learner
+    from edgemeta.train.evaluation import evaluate_keras, evaluate_learner
     from edgemeta.train.learners import build_learner
 
     options = options or {}
