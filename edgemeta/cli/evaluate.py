@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -76,10 +75,9 @@ def _evaluate_bundle(path: Path, n_way: int, k_shot: int, n_query: int, episodes
     from edgemeta.runtime import Embedder, FewShotAdapter
     from edgemeta.runtime.evaluation import evaluate_adapter
 
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    test_set = held_out_set(manifest["provenance"].get("train_config", {}), dataset, data_dir, groups)
+    embedder = Embedder.from_bundle(path)  # reads and checks the manifest once, for the split too
+    test_set = held_out_set(embedder.manifest.provenance.get("train_config", {}), dataset, data_dir, groups)
     sampler = EpisodeIndices(test_set, n_way, k_shot, n_query, within_group=within_group, seed=seed)
-    embedder = Embedder.from_bundle(path)
     return evaluate_adapter(lambda: FewShotAdapter(embedder), sampler, episodes)
 
 
