@@ -1,11 +1,13 @@
-"""The service over HTTP: the request handler (routing, headers, body reading, JSON answers) and the
-threaded server that caps connections and waits for the requests in flight at shutdown.
+"""The service over HTTP: the request handler (routing, a bounded read of the request line and headers,
+body reading, JSON answers) and the threaded server that caps connections and waits for the requests in
+flight at shutdown.
 
 Importing this module imports `http.server`, with `ssl` blocked unless something loaded it already
 (docs/service.md, "Memory"); `edgemeta.serve` itself imports it only when a server is made."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import socketserver
@@ -19,7 +21,13 @@ from urllib.parse import unquote, urlsplit
 from edgemeta.serve.api import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, HTTPError, Service, fields_of, log
 
 SOCKET_TIMEOUT = 10.0  # seconds one read or write may stall
+HEADER_SECONDS = 10.0  # the request line and headers must arrive within this, or 408
 BODY_SECONDS = 30.0  # a whole body must arrive within this, or 408
+# The request line and headers are read before the token can be checked, so they are bounded for everyone:
+# at most this many bytes together (414 for a request line alone, else 431), and this many header lines
+# (431). Browsers and curl send under 8 KB and 30 lines; nginx allows 1 KB, then 4 x 8 KB, Apache 8 KB a line.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_LINES = 64
 LINGER_SECONDS = 2.0  # reading what a refused client still sends, so it gets our answer
 ENDPOINTS = "GET /health, GET /labels, POST /enroll, POST /classify, POST /forget, DELETE /labels/<label>"
 JSON_TYPE = "application/json"
@@ -87,9 +95,104 @@ class Handler(_http_server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive holding a thread
     timeout = SOCKET_TIMEOUT
     _unread = 0
+    _header_bytes = b""  # the header lines `_read_head` read, for `parse_request`
 
     def version_string(self) -> str:
         return self.server_version  # no Python version for a scanner to match against
+
+    def handle_one_request(self) -> None:
+        # http.server's own reads the request line (up to 64 KB) and then up to 100 header lines of 64 KB each,
+        # whole and with no overall deadline, before anything here can look at them: 6 MB a connection without
+        # the token, and a client sending a byte every few seconds held its slot for as long as it liked.
+        self.close_connection = True  # HTTP/1.0: one request per connection
+        self.command, self.request_version, self.requestline = None, "", ""
+        try:
+            head, refused = self._read_head(), None
+        except HTTPError as e:
+            head, refused = [], e
+        self.connection.settimeout(SOCKET_TIMEOUT)  # _read_head shortened it to its deadline; the answer needs it
+        if refused is not None:
+            self._refuse_head(refused)
+            return
+        if not head:
+            return
+        self.raw_requestline, self._header_bytes = head[0], b"".join(head[1:])
+        try:
+            if not self.parse_request():  # it answered already
+                return
+            method = getattr(self, f"do_{self.command}", None)
+            if method is None:
+                self.send_error(501, f"Unsupported method ({self.command[:20]!r})")
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError as e:  # a write stalled SOCKET_TIMEOUT
+            self.log_error("Request timed out: %r", e)
+
+    def _read_head(self) -> list[bytes]:
+        """The request line and the header lines, each with its line end, read within HEADER_SECONDS and
+        MAX_HEADER_BYTES: the body (if any) stays in `rfile`. Empty when the client sent nothing before
+        closing or the deadline. Raises HTTPError 408 (too slow), 414 or 431 (too large)."""
+        lines: list[bytes] = []
+        line = bytearray()
+        size = 0
+        deadline = time.monotonic() + HEADER_SECONDS
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                # Each read waits at most until the deadline: a byte every few seconds does not extend it.
+                self.connection.settimeout(min(left, SOCKET_TIMEOUT))
+                chunk = self.rfile.peek(1)  # what is buffered, or one read of the socket
+            except TimeoutError:
+                if not size:  # an idle connection: nothing to answer
+                    self.log_message("%s", f"sent no request within {HEADER_SECONDS:g} s; closed")
+                    return []
+                raise HTTPError(408, f"The request line and headers did not arrive within {HEADER_SECONDS:g} s. "
+                                     f"Received: {size} bytes, {max(len(lines) - 1, 0)} complete header line(s)") from None
+            except OSError as e:  # the client reset the connection: no one to answer
+                self.log_message("%s", f"connection lost after {size} bytes of the request's head ({e})")
+                return []
+            if not chunk:  # the client stopped sending: what came is the head, as http.server takes it
+                return [*lines, bytes(line)] if line else lines
+            end = chunk.find(b"\n")
+            take = min(len(chunk) if end < 0 else end + 1, MAX_HEADER_BYTES + 1 - size)
+            line += self.rfile.read(take)  # already buffered: returns at once
+            size += take
+            if size > MAX_HEADER_BYTES:
+                if not lines:
+                    raise HTTPError(414, f"The request line is too long: at most {MAX_HEADER_BYTES} bytes for it and "
+                                         f"the headers together. Received: more than {MAX_HEADER_BYTES} bytes "
+                                         f"starting {printable(bytes(line[:40]).decode('latin-1'))!r}")
+                raise HTTPError(431, f"The request line and headers are too large: at most {MAX_HEADER_BYTES} bytes "
+                                     f"together. Received: more than {MAX_HEADER_BYTES} bytes ({len(lines) - 1} complete "
+                                     "header line(s), then one that does not fit)")
+            if not line.endswith(b"\n"):
+                continue
+            if line in (b"\r\n", b"\n"):  # the blank line that ends the head (first: no request line at all)
+                return [*lines, bytes(line)]
+            lines.append(bytes(line))
+            line = bytearray()
+            if len(lines) - 1 > MAX_HEADER_LINES:
+                raise HTTPError(431, f"Too many header lines: at most {MAX_HEADER_LINES} header lines. "
+                                     f"Received: more than {MAX_HEADER_LINES} ({size} bytes so far)")
+
+    def _refuse_head(self, error: HTTPError) -> None:
+        """Answers a head refused by `_read_head`, then reads and drops what the client still sends (for at
+        most LINGER_SECONDS, 64 KB at a time) so that it gets the answer, the connection's slot kept meanwhile."""
+        self.log_message("%s", f"{error.status} {error.message}")
+        self._unread = 1  # what is left of the head is unknown: the slot is freed as the thread ends, after the drain
+        self._send_json(error.status, {"error": error.message}, {"Connection": "close"})
+        self._discard_unread()
+
+    def parse_request(self) -> bool:
+        # The base class parses the headers from `rfile`: give it the bounded bytes `_read_head` read.
+        connection_file, self.rfile = self.rfile, io.BytesIO(self._header_bytes)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = connection_file
 
     def do_GET(self) -> None:
         self._serve("GET")
