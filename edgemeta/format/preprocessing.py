@@ -1,7 +1,8 @@
 """Turns raw images (arrays or files) into model input, exactly as a bundle's manifest describes.
 
 Training and the on-device runtime share this one function, so what the learner saw during
-meta-training and what the board feeds the model cannot drift apart. Needs numpy and Pillow only.
+meta-training and what the board feeds the model cannot drift apart. Images are read and checked by
+`edgemeta.format.images.decode_image` (pixel limit, EXIF rotation, every PIL mode). Needs numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+from edgemeta.format.images import DEFAULT_MAX_PIXELS, decode_image
+from edgemeta.format.images import pil_pixels as pil_pixels  # re-exported: its home before format.images
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -41,6 +45,9 @@ class Preprocessing:
     # At most this many images per call (override per call with `max_images=`): a bound on the memory
     # one request can take on a small board. Not part of the manifest.
     max_images: ClassVar[int] = 1024
+    # At most this many pixels per image (override per call with `max_pixels=`; the Embedder passes its
+    # bundle's, `edgemeta.format.images.max_pixels_for`), checked before a file is decoded. Not part of the manifest.
+    max_pixels: ClassVar[int] = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -61,12 +68,14 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(**{k: d[k] for k in ("height", "width", "channels", "invert", "resample")})
 
-    def __call__(self, images: Any, max_images: int | None = None) -> np.ndarray:
+    def __call__(self, images: Any, max_images: int | None = None, max_pixels: int | None = None) -> np.ndarray:
         """Preprocesses one image or many; returns float32 `(n, height, width, channels)`.
 
         Accepts a file path, a PIL image, a `(H, W)` or `(H, W, C)` array, a stacked `(N, H, W[, C])`
         array, or a list of any of these (sizes may differ); pixels uint8 (0..255), bool, or finite
-        floats in [0, 1]. At most `max_images` (default `Preprocessing.max_images`) per call. Example:
+        floats in [0, 1] (files and PIL images of any mode are converted: `edgemeta.format.images`).
+        At most `max_images` (default `Preprocessing.max_images`) per call and `max_pixels` (default
+        `Preprocessing.max_pixels`) per image. Example:
 
         >>> Preprocessing(28, 28, 1, invert=True)(np.full((105, 105), 255, np.uint8)).shape
         (1, 28, 28, 1)
@@ -74,6 +83,9 @@ class Preprocessing:
         limit = self.max_images if max_images is None else max_images
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
             raise ValueError(f"max_images must be a positive integer. Received: {limit!r}")
+        pixels = self.max_pixels if max_pixels is None else max_pixels
+        if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer. Received: {pixels!r}")
         items = as_image_list(images, limit=int(limit))
         # Every NaN/Inf of the batch is counted before any work, so the error says how bad it is.
         if isinstance(images, np.ndarray):
@@ -83,15 +95,24 @@ class Preprocessing:
         if bad:
             raise ValueError(_non_finite_message(bad))
         if len(items) == 1:
-            return self.one(items[0])[None]
+            return self.one(items[0], int(pixels))[None]
         # Image by image: one Pillow resize each. (Resizing a whole stack in two large one-axis Pillow
         # calls gives the same bits and was 35 % faster in a fresh process, but no faster in a
         # long-running one, where its large temporaries went to mmap and back on every call.)
-        return np.stack([self.one(image) for image in items])
+        return np.stack([self.one(image, int(pixels)) for image in items])
 
-    def one(self, image: Any) -> np.ndarray:
-        """Preprocesses a single image (array or path) to float32 `(height, width, channels)`."""
-        x = _to_unit_float(_load(image))
+    def one(self, image: Any, max_pixels: int | None = None) -> np.ndarray:
+        """Preprocesses a single image (array, path or PIL image) to float32 `(height, width, channels)`."""
+        limit = self.max_pixels if max_pixels is None else max_pixels
+        # A JPEG may decode at a reduced scale that still leaves a margin over (width, height): see format.images.
+        pixels = _load(image, limit, draft=(self.width, self.height))
+        try:
+            x = _to_unit_float(pixels)
+        except ValueError as e:  # a float file's NaN or range: say which file
+            if not isinstance(image, (str, os.PathLike, Image.Image)):
+                raise
+            where = repr(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else f"a PIL image of mode {image.mode!r}"
+            raise ValueError(f"{e} in {where}") from e
         if x.ndim == 3:
             if x.shape[-1] == 4:  # RGBA: drop alpha
                 x = x[..., :3]
@@ -164,36 +185,12 @@ def _non_finite_message(count: int) -> str:
             f"Received: {count} non-finite values")
 
 
-def pil_pixels(im: Image.Image) -> np.ndarray:
-    """An opened image's pixels as the runtime reads an image file: modes L, RGB, RGBA and 1 as they are,
-    any other (palette, 16-bit, CMYK, ...) converted to RGB. The service decodes a request's images with it."""
-    return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB", "RGBA", "1") else im)
-
-
-def _load(image: Any) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"Image file not found. Received: {os.fspath(image)!r}")
-        try:
-            with Image.open(image) as im:
-                return pil_pixels(im)
-        except (OSError, Image.DecompressionBombError) as e:  # not an image, unreadable, or a decompression bomb
-            raise ValueError(f"Cannot read an image from the file ({e}). Received: {os.fspath(image)!r}") from e
-    try:
-        array = np.asarray(image)
-    except (ValueError, TypeError) as e:  # e.g. a ragged nested list
-        raise ValueError(
-            f"Expected an image array of shape (H, W) or (H, W, C). Received: a {type(image).__name__} "
-            f"that is not a rectangular array ({e})"
-        ) from e
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-        raise ValueError(
-            "Expected an image of shape (H, W) or (H, W, C) with C in 1, 3, 4. "
-            f"Received: shape {array.shape} (from a {type(image).__name__})"
-        )
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(f"Expected a non-empty image. Received: shape {array.shape}")
-    return array
+def _load(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """One image (path, PIL image or array) as pixels: `edgemeta.format.images.decode_image`."""
+    if isinstance(image, (bytes, bytearray, memoryview)):  # decode_image's form for the service, not this API's
+        raise TypeError("Expected a file path, a PIL image or a numpy array. Received: bytes (for a file's "
+                        "contents, pass PIL.Image.open(io.BytesIO(data)))")
+    return decode_image(image, max_pixels=max_pixels, draft=draft)
 
 
 def _to_unit_float(array: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgemeta.format.bundle import MODEL_FILE, Manifest, read_manifest
 from edgemeta.format.checksum import sha256_hex
+from edgemeta.format.images import max_pixels_for
 from edgemeta.format.patches import PatchBuffer
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify import ModelInfo, verify_model
@@ -46,6 +47,8 @@ class Embedder:
             raise TypeError(f"model must be a model file's path or its bytes. Received: {type(model).__name__}")
         self.manifest = manifest
         self.preprocessing = manifest.preprocessing
+        # Pixels per image, checked before a file is decoded (edgemeta.format.images); settable.
+        self.max_pixels = max_pixels_for(manifest)
         # With a delegate (e.g. an Edge TPU custom op) the CPU probe may not resolve every op; only a
         # crash or a hang of the probe then refuses the model.
         self.model_info: ModelInfo | None = (
@@ -102,7 +105,7 @@ class Embedder:
     def embed(self, images: Any) -> np.ndarray:
         """Raw images (see `Preprocessing.__call__` for the accepted forms) -> float32 `(n, D)`."""
         # Preprocessing checked the images and returns finite float32 of the input shape: no second check.
-        return self._embed(self.preprocessing(images))
+        return self._embed(self.preprocessing(images, max_pixels=self.max_pixels))
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import ipaddress
 import json
 import os
@@ -32,8 +31,10 @@ DEFAULT_MAX_PIXELS = 1_000_000
 DEFAULT_MAX_CONNECTIONS = 16
 MAX_LABEL_LENGTH = 256
 WORK_WAIT_SECONDS = 60.0  # a request waits this long for the model, or 503
+IMAGE_FORMATS = ("PNG", "JPEG")  # what a request's images may be (Pillow's format names)
 # Peak memory per decoded pixel while the runtime converts an image (uint8, float32 copies, grey, resize):
-# a 1000x1000 RGB JPEG raised the service's peak RSS by 28.1 MiB (docs/service.md, "Memory").
+# a 1000x1000 RGB PNG (a 4 MB body) raised the service's peak RSS by 27.2 MiB (docs/service.md, "Memory").
+# Images are decoded one at a time, but the largest is converted whole, so this is per pixel of the request.
 PIXEL_BYTES = 30
 
 
@@ -60,7 +61,9 @@ class Limits:
 
 def request_reserve(limits: Limits) -> int:
     """Bytes one request may take beyond the adapter's steady state: its body, the parsed JSON and
-    decoded files (3x the body), and its pixels as the runtime converts them (PIXEL_BYTES each)."""
+    decoded files (3x the body), and its pixels as the runtime converts them (PIXEL_BYTES each). One
+    image is open at a time, so PNG text adds at most one image's (1.25 MiB: edgemeta.format.images), within
+    the body's margin."""
     return PIXEL_BYTES * limits.max_pixels + 3 * limits.max_request_bytes
 
 
@@ -204,11 +207,11 @@ class Service:
 
     # -- images ------------------------------------------------------------------------------------
     def decode_images(self, value: Any) -> list:
-        """Base64 PNG/JPEG files -> pixel arrays, as the runtime reads an image file. Every image's size is
-        read from its header and the request's total checked before any pixel is decoded."""
-        from PIL import Image, UnidentifiedImageError
-
-        from edgemeta.format.preprocessing import pil_pixels
+        """Base64 PNG/JPEG files -> pixel arrays, through the runtime's own decoding of an image file
+        (`edgemeta.format.images.decode_image`), so a request and a file agree. Every image's size is read
+        from its header (each image opened and closed in turn) and the request's total checked before any
+        pixel is decoded; then the images are decoded one at a time, each closed before the next is opened."""
+        from edgemeta.format.images import ImageDecodeError, ImageTooLargeError, decode_image, image_header
 
         if not isinstance(value, list) or not value:
             raise HTTPError(400, "images must be a non-empty list of base64-encoded PNG or JPEG files. "
@@ -216,36 +219,39 @@ class Service:
         if len(value) > self.limits.max_images:
             raise HTTPError(413, f"Too many images in one request: at most {self.limits.max_images} "
                                  f"(--max-images); split the batch. Received: {len(value)} images")
-        opened = []
-        for i, text in enumerate(value):
-            data = _base64(text, i)
+        files = [_base64(text, i) for i, text in enumerate(value)]
+        embedder = self.adapter.embedder
+        # A large JPEG decodes at a reduced scale near the model's input size; the pixel limits count that size.
+        draft = (embedder.preprocessing.width, embedder.preprocessing.height)
+        headers = []
+        for i, data in enumerate(files):
             try:
-                opened.append(Image.open(io.BytesIO(data), formats=("PNG", "JPEG")))
-            except Image.DecompressionBombError as e:
-                raise HTTPError(413, f"images[{i}] is too large ({e}). Received: {len(data)} bytes") from e
-            except (OSError, ValueError, SyntaxError) as e:  # not a PNG/JPEG, or a broken header
-                why = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"  # its text is only a BytesIO repr
+                headers.append(image_header(data, draft=draft, formats=IMAGE_FORMATS))
+            except ImageTooLargeError as e:  # PNG text chunks that inflate too far, or Pillow's own bomb check
+                raise HTTPError(413, f"images[{i}] is too large: {e.reason}. Received: {len(data)} bytes") from e
+            except ImageDecodeError as e:  # not a PNG/JPEG, or a broken header
+                why = "" if e.reason.startswith("not a known image file") else f" ({e.reason})"
                 raise HTTPError(400, f"images[{i}] is not a PNG or JPEG file{why}. "
                                      f"Received: {len(data)} bytes starting {data[:8]!r}") from e
-        pixels = sum(im.size[0] * im.size[1] for im in opened)
+        pixels = sum(header.pixels for header in headers)
         if pixels > self.limits.max_pixels:
-            sizes = ", ".join(f"{w}x{h}" for w, h in (im.size for im in opened[:8]))
+            sizes = ", ".join(f"{w}x{h}" for w, h in (header.size for header in headers[:8]))
             raise HTTPError(413, f"The images have too many pixels for one request: at most {self.limits.max_pixels} "
                                  "decoded pixels (--max-pixels); send smaller images (the model sees "
                                  f"{_input_size(self.adapter)}) or fewer per request. Received: {pixels} pixels "
-                                 f"({sizes}{', ...' if len(opened) > 8 else ''})")
+                                 f"({sizes}{', ...' if len(headers) > 8 else ''})")
+        # Each image within the request's pixels, and within the runtime's per image (which the adapter applies again).
+        per_image = min(self.limits.max_pixels, getattr(embedder, "max_pixels", self.limits.max_pixels))
         arrays = []
-        for i, im in enumerate(opened):
+        for i, (data, header) in enumerate(zip(files, headers)):
+            received = f"a {header.format} header of {header.size[0]}x{header.size[1]} pixels"
             try:
-                im.load()
-                # Exactly what the runtime does with an image file, so a request and a file agree.
-                arrays.append(pil_pixels(im))
-            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-                raise HTTPError(400, f"images[{i}] could not be decoded ({e}). Received: a {im.format} "
-                                     f"header of {im.size[0]}x{im.size[1]} pixels") from e
-            finally:
-                im.close()
-            opened[i] = None  # each decoded image's PIL copy is freed as soon as its array exists
+                arrays.append(decode_image(data, max_pixels=per_image, draft=draft, formats=IMAGE_FORMATS))
+            except ImageTooLargeError as e:
+                raise HTTPError(413, f"images[{i}] is too large: {e.reason}. Received: {received}") from e
+            except ImageDecodeError as e:
+                raise HTTPError(400, f"images[{i}] could not be decoded ({e.reason}). Received: {received}") from e
+            files[i] = None  # each file's bytes are freed once its pixels exist
         return arrays
 
 

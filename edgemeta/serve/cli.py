@@ -179,9 +179,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
     from edgemeta.serve.http import make_server
 
-    # Pillow's own bomb check as a second line behind --max-pixels; its warning (at 1x) would only
-    # repeat the 413 that --max-pixels already answers.
-    Image.MAX_IMAGE_PIXELS = args.max_pixels
+    # Pillow's global bomb check (Image.MAX_IMAGE_PIXELS) stays at its default: it runs at open, before a large
+    # JPEG is set to decode at a reduced scale, so at --max-pixels it would refuse photos the request's pixel
+    # check (on each image's header, before decoding: edgemeta.format.images) accepts. Its warning, for headers
+    # the service refuses anyway, would only repeat the 413.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         server = make_server(service, args.host, args.port, args.max_connections)
