@@ -49,24 +49,33 @@ WORKSTATION_MODULES = ("tensorflow", "tf_keras", "keras", "tensorflow_model_opti
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs `edgemeta ARGV`; an expected error (bad input, a refused bundle, a missing workstation module)
+    is one line on stderr and exit code 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(argv).parse_args(argv)
-    args.argv = argv
+    command = argv[0] if argv and argv[0] in COMMANDS else None
     try:
+        # Inside the try: a command's arguments may import what a board's venv lacks.
+        args = _parser(argv).parse_args(argv)
+        command, args.argv = args.command, argv
         return command_module(args.command).run(args)
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in WORKSTATION_MODULES:
             raise
         # A board venv (edgemeta[device]) has no TensorFlow: say what to install, not a traceback.
-        print(f"edgemeta {args.command}: error: this needs the workstation side, which is not installed: "
-              f"pip install 'edgemeta[train]'. Received: no module {e.name!r}", file=sys.stderr)
-        return 2
+        return _error(command, "this needs the workstation side, which is not installed: "
+                               f"pip install 'edgemeta[train]'. Received: no module {e.name!r}")
     except MemoryError as e:
         budget = sys.modules.get("edgemeta.runtime.budget")  # not imported here: the CLI starts small
         if budget is None or not isinstance(e, budget.MemoryBudgetError):
             raise
-        print(f"edgemeta {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(command, str(e))
     except (ValueError, KeyError, OSError, TypeError, RuntimeError) as e:
-        print(f"edgemeta {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(command, str(e))
+
+
+def _error(command: str | None, message: str) -> int:
+    """Prints `edgemeta COMMAND: error: MESSAGE` as one line (a message of several, e.g. a tool's output,
+    is joined with ' | '); returns the exit code 2."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    print(f"edgemeta{' ' + command if command else ''}: error: {' | '.join(lines)}", file=sys.stderr)
+    return 2
