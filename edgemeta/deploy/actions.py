@@ -81,6 +81,8 @@ def _inspect(target: Target, ssh: SSHOptions, mode: str, say: Log) -> tuple[Boar
     state = BoardState.inspect(board, mode)
     if state.rolled_forward:
         say(f"finished an interrupted switch: moved the store of {state.rolled_forward} into place")
+    for warning in state.warnings():
+        say(warning)
     return board, state
 
 
@@ -186,7 +188,7 @@ def deploy(bundle: str | os.PathLike, targets: Sequence[str | Target], *, device
                                store_sha, after_switch, hooks.restart, note, sha256_file(sums_path), pending_sha,
                                *prune)
         say(f"verified {out['verified'][0]} file(s) on the board; current -> versions/{version}")
-        warnings = out.get("warning", [])
+        warnings = state.warnings() + out.get("warning", [])
         if store_action != "keep" and not before_switch:
             warnings.append("the store was replaced: restart the adapter now (and use --before-switch to stop it "
                             "first: an adapter still running the old model saves its old store when it exits)")
@@ -311,6 +313,8 @@ def rollback(targets: Sequence[str | Target], *, version: str | None = None, ssh
                               f"versions there: {state.versions}")
         if goal == state.current:
             raise DeployError(f"{goal} is already current at {target}; nothing to do.")
+        if goal in state.bad_manifests:
+            raise DeployError(f"Version {goal} cannot be rolled back to: {state.bad_manifests[goal]}")
         old_model, new_model = state.model_of(state.current), state.model_of(goal)
         store_action = "keep"
         header = fetch_store_header(board) if state.store_sha256 else None
@@ -344,8 +348,9 @@ def rollback(targets: Sequence[str | Target], *, version: str | None = None, ssh
             out = hooks.switch(script("switch"), target.path, "rollback", goal, state.current, store_action,
                                store_sha, after_switch, hooks.restart, note, "", pending_sha)
         say(f"current -> versions/{goal} (was {state.current}); {note}")
-        return HostResult(str(target), True, goal, f"rolled back from {state.current} ({note})",
-                          {"previous": state.current, "warnings": out.get("warning", [])})
+        warnings = state.warnings() + out.get("warning", [])
+        return HostResult(str(target), True, goal, f"rolled back from {state.current} ({note})"
+                          + "".join(f"; {w}" for w in warnings), {"previous": state.current, "warnings": warnings})
 
     return _per_host(targets, work, log, parallel)
 
@@ -362,15 +367,17 @@ def status(targets: Sequence[str | Target], *, ssh: SSHOptions | None = None, ve
     def work(target: Target, say: Log) -> HostResult:
         board = Board(target, ssh)
         state = BoardState.inspect(board, "status")
+        warnings = state.warnings()
         if state.root is None or state.current is None:
-            return HostResult(str(target), True, None, "nothing deployed", {"versions": state.versions})
+            return HostResult(str(target), True, None, "nothing deployed" + "".join(f"; {w}" for w in warnings),
+                              {"versions": state.versions, "warnings": warnings})
         manifest = state.manifests.get(state.current, {})
         model = manifest.get("model_sha256")
         details: dict[str, Any] = {
             "model_sha256": model, "quantization": manifest.get("quantization", {}).get("scheme"),
             "embedding_size": manifest.get("embedding_size"), "versions": state.versions,
             "previous": state.previous(), "last_switch": "\t".join(state.history[-1]) if state.history else None,
-            "store": None,
+            "store": None, "warnings": warnings,
         }
         message = f"model {str(model)[:12]} ({details['quantization']})"
         if state.store_sha256:
@@ -395,6 +402,6 @@ def status(targets: Sequence[str | Target], *, ssh: SSHOptions | None = None, ve
                                   f"files of {state.current} do not match their SHA256SUMS: {out['verify_failed']}", details)
             details["verified"] = int(out["verified"][0])
             message += f"; {details['verified']} file(s) verified"
-        return HostResult(str(target), True, state.current, message, details)
+        return HostResult(str(target), True, state.current, message + "".join(f"; {w}" for w in warnings), details)
 
     return _per_host(targets, work, log, parallel)
