@@ -31,7 +31,8 @@ from edgemeta.runtime import FewShotAdapter
 from edgemeta.runtime.memory import current_rss_bytes, peak_rss_bytes
 bundle, classes, shots, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 imported = current_rss_bytes()
-adapter = FewShotAdapter.from_bundle(bundle, num_threads=1, max_batch=batch)
+# max_pixels: the raw images it is given, so the plan sets aside what this child converts, no larger image
+adapter = FewShotAdapter.from_bundle(bundle, num_threads=1, max_batch=batch, max_pixels=105 * 105)
 loaded = current_rss_bytes()
 state = 12345  # a tiny LCG, not numpy.random (~5 MB to import) or random: only the adapter is measured
 for c in range(classes):
@@ -87,7 +88,7 @@ def measure(bundle: str, classes: int, shots: int = 5, batch: int = 8) -> dict:
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     measured = json.loads(result.stdout.strip().splitlines()[-1])
-    plan = plan_memory(bundle, batch=batch, shots=shots)
+    plan = plan_memory(bundle, batch=batch, shots=shots, max_pixels=105 * 105)
     predicted = plan.predict(classes)
     return {**measured, "predicted_rss": predicted, "ratio": measured["peak_rss"] / predicted, "plan": plan.to_dict(),
             "bundle": bundle, "shots": shots, "batch": batch}

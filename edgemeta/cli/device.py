@@ -18,10 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     q.add_argument("--device", required=True, help="a profile name (edgemeta device list) or a profile .json")
     q.add_argument("--classes", type=int, default=1000, help="classes you plan to enroll (default 1000)")
     q.add_argument("--shots", type=int, default=5, help="shots per class (default 5)")
-    q.add_argument("--batch", type=int, default=8, help="images per interpreter call (default 8)")
+    q.add_argument("--batch", type=int, default=8, help="images per interpreter call (default 8, as on a board: "
+                                                         "edgemeta.profiles.BOARD_BATCH)")
     q.add_argument("--prototype-dtype", choices=["float32", "int8"], default="float32")
     q.add_argument("--keep-support", choices=["embeddings", "images"], default=None)
     q.add_argument("--budget", help="override the profile's memory budget, e.g. 48MB")
+    q.add_argument("--python-api", action="store_true",
+                   help="plan for a Python program using the adapter, not for `edgemeta device serve` (whose "
+                        "largest request, at its default limits, is otherwise set aside)")
     q.add_argument("--json", action="store_true", help="print the plan as JSON")
     # Importing the service costs the board's other commands memory and start-up time for nothing.
     serve = device.add_parser("serve", help="the on-board HTTP/JSON service (health, labels, enroll, classify, "
@@ -65,7 +69,15 @@ def _check(args: argparse.Namespace) -> int:
     profile = load_profile(args.device)
     budget = parse_bytes(args.budget, "--budget") if args.budget else profile.budget_bytes
     _, manifest = read_bundle(args.bundle)
-    plan = plan_memory(args.bundle, args.batch, args.shots, args.prototype_dtype, args.keep_support)
+    # The board runs the service (its systemd unit): one request at its default limits is set aside, as
+    # `device serve` sets it aside from the same budget, so a profile that fits here starts there.
+    from edgemeta.profiles import BOARD_MAX_PIXELS
+    from edgemeta.serve.api import Limits, body_reserve
+
+    limits = Limits()
+    request, max_pixels = (0, BOARD_MAX_PIXELS) if args.python_api else (body_reserve(limits), limits.max_pixels)
+    plan = plan_memory(args.bundle, args.batch, args.shots, args.prototype_dtype, args.keep_support,
+                       request_bytes=request, max_pixels=max_pixels)
     need, fits = plan.predict(args.classes), plan.predict(args.classes) <= budget
     result = {"bundle": str(args.bundle), "device": profile.key, "budget_bytes": budget, "classes": args.classes,
               "predicted_bytes": need, "fits": fits, "max_classes": plan.max_classes(budget), "plan": plan.to_dict()}
@@ -83,6 +95,9 @@ def _check(args: argparse.Namespace) -> int:
           f"prototypes, support kept: {args.keep_support or 'none'}):")
     rows = [("runtime (measured on " + plan.runtime_measured_on + ")", plan.runtime), ("model", plan.model),
             (f"activations at batch {args.batch}", plan.arena), ("working arrays of one call", plan.working)]
+    if plan.request:  # always: the largest image at least
+        rows.append((f"the largest request ({max_pixels} pixels" + (", the service's body)" if request else ")"),
+                     plan.request))
     for label, value in rows:
         print(f"  {label:72s} {value / MB:7.2f} MB")
     print(f"  {'per class':72s} {plan.per_class:7d} B")

@@ -11,6 +11,12 @@ from typing import Any
 from edgemeta.format.bundle import QUANTIZATIONS
 
 ENV_DIR = "EDGEMETA_DEVICES_DIR"
+# Images per interpreter call on a board: what `edgemeta device check` plans for (--batch) and what
+# `FewShotAdapter.for_device` runs with, so the plan and the adapter's budget count the same activations.
+BOARD_BATCH = 8
+# The largest image a board's adapter accepts, in pixels (1024x1024; a larger JPEG decodes at a reduced
+# scale first): converting it takes ~30 MB, which the budget sets aside (edgemeta.runtime.budget.PIXEL_BYTES).
+BOARD_MAX_PIXELS = 2**20
 PROFILES_DIR = Path(__file__).parent
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime")
 DELEGATES = (None, "edgetpu")

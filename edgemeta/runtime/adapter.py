@@ -73,12 +73,15 @@ class FewShotAdapter:
         prototype_dtype: "float32", or "int8" for a quarter of the memory per class.
         keep_support: None, "embeddings" (for `fit_head`) or "images" (to re-enroll under a new model).
         max_batch: images per interpreter call; bounds the activation memory.
+        max_pixels: the largest image accepted, in pixels (default: the bundle's,
+            `edgemeta.format.images.max_pixels_for`); checked on a file's header before it is decoded,
+            and set aside in the memory budget (converting an image takes ~30 bytes per pixel).
     """
 
     def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None, *,
                  memory_budget: int | str | None = None, on_full: str = "error",
                  unknown_threshold: float | str | None = "calibrated", prototype_dtype: str = "float32",
-                 keep_support: str | None = None, max_batch: int | None = None) -> None:
+                 keep_support: str | None = None, max_batch: int | None = None, max_pixels: int | None = None) -> None:
         if on_full not in ON_FULL:
             raise ValueError(f"on_full must be one of {ON_FULL}. Received: {on_full!r}")
         self.embedder = embedder
@@ -88,6 +91,10 @@ class FewShotAdapter:
             if not isinstance(max_batch, int) or max_batch < 1:
                 raise ValueError(f"max_batch must be a positive integer. Received: {max_batch!r}")
             embedder.max_batch = max_batch
+        if max_pixels is not None:
+            if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+                raise ValueError(f"max_pixels must be a positive integer. Received: {max_pixels!r}")
+            embedder.max_pixels = max_pixels
         self.on_full = on_full
         self._lock = threading.RLock()
         self._head = None  # a SoftmaxHead fitted on the current classes (fit_head), else None
@@ -121,12 +128,15 @@ class FewShotAdapter:
     @classmethod
     def for_device(cls, bundle: str | os.PathLike, device: str, state: str | os.PathLike | None = None,
                    **options: Any) -> FewShotAdapter:
-        """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate and
-        its memory budget (each overridable through `options`)."""
-        from edgemeta.profiles import load_profile
+        """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate, its
+        memory budget, `BOARD_BATCH` images per call and images of up to `BOARD_MAX_PIXELS` pixels, what
+        `edgemeta device check` plans for (each overridable through `options`)."""
+        from edgemeta.profiles import BOARD_BATCH, BOARD_MAX_PIXELS, load_profile
 
         profile = load_profile(device)
         options.setdefault("memory_budget", profile.budget_bytes)
+        options.setdefault("max_batch", BOARD_BATCH)
+        options.setdefault("max_pixels", BOARD_MAX_PIXELS)
         return cls.from_bundle(bundle, state, options.pop("num_threads", profile.threads),
                                options.pop("delegate", profile.delegate), **options)
 
@@ -221,17 +231,23 @@ class FewShotAdapter:
         if not (isinstance(unknown_threshold, str) and unknown_threshold == "adapter"):
             unknown_threshold = check_threshold(unknown_threshold, words=())
         queries = for_metric(self.embedder.embed(images), self.metric)
+        step = self.embedder.max_batch  # (queries, classes) arrays of at most this many rows: what the budget counts
+        best, nearest, scores = [], [], []
         with self._lock:
             if not len(self._store):
                 raise RuntimeError("No classes enrolled yet: call enroll(label, images) first.")
-            labels, d = self._index.distances(self._store, queries)
+            for start in range(0, len(queries), step):
+                chunk = queries[start : start + step]
+                labels, d = self._index.distances(self._store, chunk)
+                rows, score = self._nearest(chunk, d, labels)
+                best += rows.tolist()
+                nearest += d[np.arange(len(d)), rows].tolist()
+                scores += score.tolist()
             threshold = (self._threshold.for_classes(len(labels), self._store.median_count())
                          if unknown_threshold == "adapter" else unknown_threshold)
-            best, scores = self._nearest(queries, d, labels)
-            self._store.touch_rows(set(best.tolist()))
-        nearest = d[np.arange(len(d)), best].tolist()
+            self._store.touch_rows(set(best))
         return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
-                for j, dist, score in zip(best.tolist(), nearest, scores.tolist())]
+                for j, dist, score in zip(best, nearest, scores)]
 
     def _nearest(self, queries: np.ndarray, d: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per query, the row of its nearest class and its score: the fitted head's probability when
@@ -269,7 +285,7 @@ class FewShotAdapter:
         if self._store.keep_support == "images":
             from edgemeta.format.preprocessing import as_image_list
 
-            images = raw = [_raw_uint8(image) for image in as_image_list(images)]
+            images = raw = [_raw_uint8(image, self.embedder.max_pixels) for image in as_image_list(images)]
         return for_metric(self.embedder.embed(images).astype(np.float64), self.metric), raw
 
     def _evict_to_fit(self, enrolled: str, capacity: int, before: dict) -> None:
@@ -301,11 +317,11 @@ class FewShotAdapter:
             self._store.shrink_to(capacity)
 
 
-def _raw_uint8(image: Any) -> np.ndarray:
+def _raw_uint8(image: Any, max_pixels: int) -> np.ndarray:
     """An image as the uint8 pixels a new model's preprocessing can start from again."""
     from edgemeta.format.preprocessing import _load, _to_unit_float
 
-    array = _load(image)
+    array = _load(image, max_pixels)
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
 
 

@@ -12,12 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemeta.runtime.index import CLASS_BLOCK, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+from edgemeta.runtime.index import CLASS_BLOCK, CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
 from edgemeta.runtime.store import LABEL_BYTES, ROW_OBJECT_BYTES
 
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest
     from edgemeta.runtime.store import PrototypeStore
+
+
+# Peak memory per decoded pixel while the runtime converts an image (uint8, float32 copies, grey, resize):
+# a 1000x1000 RGB PNG (a 4 MB body) raised the service's peak RSS by 27.2 MiB (docs/service.md, "Memory").
+# Images are decoded one at a time, but the largest is converted whole: a budget sets aside this much per
+# pixel of the largest image the adapter accepts (`Embedder.max_pixels`).
+PIXEL_BYTES = 30
 
 
 class MemoryBudgetError(MemoryError):
@@ -63,40 +70,57 @@ def classify_buffer_bytes(embedding_size: int, prototype_dtype: str) -> int:
     return 8 * embedding_size * RESIDENT_CLASSES + (4 * embedding_size * CLASS_BLOCK if prototype_dtype == "int8" else 0)
 
 
-def class_bytes(store: PrototypeStore) -> int:
-    """What the enrolled classes hold: the store, and what classify keeps per class between calls."""
-    return store.nbytes() + CLASSIFY_CACHE_BYTES * len(store)
+def class_bytes(store: PrototypeStore, batch: int = 0) -> int:
+    """What the enrolled classes hold: the store, what classify keeps per class between calls, and (with
+    `batch`, the queries classify compares at once) its `(batch, classes)` float64 arrays."""
+    return store.nbytes() + (CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch) * len(store)
 
 
-def evicted_bytes(store: PrototypeStore, label: str) -> int:
-    """What forgetting `label` gives back: its label, row objects, kept shots and classify's entry. Its
-    array row stays, as a spare (the arrays do not shrink on remove)."""
-    return LABEL_BYTES + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES + store.support_bytes(label)
+def evicted_bytes(store: PrototypeStore, label: str, batch: int = 0) -> int:
+    """What forgetting `label` gives back: its label, row objects, kept shots, classify's entry and its
+    columns. Its array row stays, as a spare (the arrays do not shrink on remove)."""
+    return LABEL_BYTES + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch + store.support_bytes(label)
 
 
 class MemoryBudget:
     """A process's memory budget (`total` bytes) and the part of it left for the enrolled classes
-    (`for_classes`, compared with `class_bytes(store)`)."""
+    (`for_classes`, compared with `class_bytes(store, batch)`)."""
 
-    def __init__(self, total: int, for_classes: int) -> None:
-        self.total, self.for_classes = total, for_classes
+    def __init__(self, total: int, for_classes: int, batch: int = 0, before_classes: str = "") -> None:
+        self.total, self.for_classes, self.batch = total, for_classes, batch
+        self.before_classes = before_classes  # what the budget holds before any class, for the error
 
     @classmethod
     def for_adapter(cls, total: int, embedder: Any, store: PrototypeStore) -> MemoryBudget:
-        """The budget of an adapter on `embedder` and `store`: `total` minus what this process already
-        holds (less the classes, counted apart), the activations and the working set of one full batch
-        (`embedder.max_batch`), and classify's prototype buffers."""
-        from edgemeta.runtime.memory import current_rss_bytes, tensor_arena_bytes
+        """The budget of an adapter on `embedder` and `store`: `total` minus the memory plan's fixed part
+        for this model at `embedder.max_batch` (`edgemeta.runtime.memory.plan_for`, what `edgemeta
+        device check` computes) and classify's buffers; minus, too, any anonymous memory this process
+        holds beyond what the plan expects of a runtime (a caller's own arrays, say). Shared library
+        pages are counted at the plan's measured figure, not read live (see `edgemeta.runtime.memory`)."""
+        from edgemeta.runtime.memory import anonymous_rss_bytes, plan_for
 
         batch = embedder.max_batch
-        arena = tensor_arena_bytes(embedder._interpreter, batch)
-        working = working_set_bytes(embedder.manifest, batch)
-        buffers = classify_buffer_bytes(store.embedding_size, store.prototype_dtype)
-        return cls(total, total - current_rss_bytes() - arena - working - buffers + class_bytes(store))
+        plan = plan_for(embedder.manifest, embedder.model_size, embedder.activation_bytes(batch), batch, 0,
+                        store.prototype_dtype, store.keep_support, max_pixels=embedder.max_pixels)
+        expected = plan.runtime_anonymous + plan.model + plan.arena + class_bytes(store, batch)
+        beyond_plan = max(0, anonymous_rss_bytes() - expected)
+        parts = [("runtime", plan.runtime), ("model", plan.model), (f"activations at batch {batch}", plan.arena),
+                 (f"working arrays of {batch} images", plan.working),
+                 (f"converting the largest image ({embedder.max_pixels} pixels, max_pixels)", plan.request),
+                 ("classify's buffers", plan.block * RESIDENT_CLASSES),
+                 ("this process's own memory beyond the plan", beyond_plan)]
+        needed = sum(value for _, value in parts)
+        before = (f"{needed / 2**20:.1f} MB before any class: "
+                  + ", ".join(f"{name} {value / 2**20:.2f}" for name, value in parts if value) + " MB")
+        return cls(total, total - needed, batch, before)
 
     def check(self, store: PrototypeStore, what: str) -> None:
         """Raises `MemoryBudgetError` when `store`'s classes (`what`, e.g. "The loaded store") do not fit."""
-        needed = class_bytes(store)
+        needed = class_bytes(store, self.batch)
+        if self.for_classes < 0:
+            raise MemoryBudgetError(
+                f"The memory budget of {self.total / 2**20:.1f} MB is too small for this bundle: the adapter needs "
+                f"{self.before_classes}. Nothing was changed. Raise memory_budget, or lower max_pixels or max_batch.")
         if needed > self.for_classes:
             raise MemoryBudgetError(
                 f"{what} needs {needed / 2**20:.2f} MB for {len(store)} classes but the budget of "
@@ -108,7 +132,7 @@ class MemoryBudget:
         fits; [] when it fits. Raises `MemoryBudgetError` when it does not and `evict` is False, or when
         even evicting every other class would not do. `capacity`: the store's rows before `enrolled` was
         added; evicting gives back the rows it grew (`shrink_to(capacity)`), no others."""
-        needed = class_bytes(store)
+        needed = class_bytes(store, self.batch)
         if needed <= self.for_classes:
             return []
         if not evict:
@@ -124,7 +148,7 @@ class MemoryBudget:
                 break
             if label != enrolled:
                 victims.append(label)
-                freed += (grown if len(victims) == 1 else 0) + evicted_bytes(store, label)
+                freed += (grown if len(victims) == 1 else 0) + evicted_bytes(store, label, self.batch)
         if needed - freed > self.for_classes:
             raise MemoryBudgetError(f"{enrolled!r} alone does not fit the memory budget. Nothing was changed.")
         return victims

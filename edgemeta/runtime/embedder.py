@@ -49,6 +49,7 @@ class Embedder:
         self.preprocessing = manifest.preprocessing
         # Pixels per image, checked before a file is decoded (edgemeta.format.images); settable.
         self.max_pixels = max_pixels_for(manifest)
+        self.model_size = len(model_bytes)  # bytes of the model file (the memory plan counts it twice)
         # With a delegate (e.g. an Edge TPU custom op) the CPU probe may not resolve every op; only a
         # crash or a hang of the probe then refuses the model.
         self.model_info: ModelInfo | None = (
@@ -102,10 +103,35 @@ class Embedder:
     def embedding_size(self) -> int:
         return self.manifest.embedding_size
 
+    def activation_bytes(self, batch: int) -> int:
+        """The activation tensors' bytes at `batch` images per call, as the memory plan computes them
+        (`edgemeta.runtime.memory.tensor_arena_bytes`) for an interpreter whose tensors are allocated."""
+        from edgemeta.runtime.memory import tensor_arena_bytes
+
+        with self._lock:
+            if self._batch is None:  # never run: allocated as the planner allocates its own interpreter
+                self._interpreter.allocate_tensors()
+            return tensor_arena_bytes(self._interpreter, batch)
+
     def embed(self, images: Any) -> np.ndarray:
-        """Raw images (see `Preprocessing.__call__` for the accepted forms) -> float32 `(n, D)`."""
+        """Raw images (see `Preprocessing.__call__` for the accepted forms) -> float32 `(n, D)`.
+
+        Preprocessed `max_batch` images at a time, so a call's float copies of its images are bounded
+        by the batch the memory plan counts (`working_set_bytes`), not by how many images it is given."""
+        from edgemeta.format.preprocessing import _count_non_finite, _non_finite_message, as_image_list
+
         # Preprocessing checked the images and returns finite float32 of the input shape: no second check.
-        return self._embed(self.preprocessing(images, max_pixels=self.max_pixels))
+        step = self._static_batch or self.max_batch
+        items = as_image_list(images, limit=self.preprocessing.max_images)
+        if len(items) <= step:
+            return self._embed(self.preprocessing(images, max_pixels=self.max_pixels))
+        # Every NaN/Inf of the call is counted before any work, as one Preprocessing call would.
+        bad = (_count_non_finite(images) if isinstance(images, np.ndarray)
+               else sum(_count_non_finite(item) for item in items if isinstance(item, np.ndarray)))
+        if bad:
+            raise ValueError(_non_finite_message(bad))
+        return np.concatenate([self._embed(self.preprocessing(items[i : i + step], max_pixels=self.max_pixels))
+                               for i in range(0, len(items), step)])
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""

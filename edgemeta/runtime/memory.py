@@ -5,6 +5,10 @@ The prediction is a sum of parts, each either measured once or computed from the
 
 - `runtime`: Python, numpy, Pillow and the interpreter library, loaded and run once: measured in a
   fresh process on the machine that plans, once per machine (cached), minus the model's own parts.
+  Of it, `runtime_anonymous` is the process's own anonymous memory (heap, arenas); the rest is pages
+  of shared libraries, which are counted at this measured figure, never read live: how many of them
+  a process has mapped grows when another process keeps the same libraries in use, so a budget that
+  read them live would pass or fail by what else runs on the board.
 - `model`: the model bytes, held once by the runtime and once more as the kernels' packed weights.
 - `arena`: the interpreter's activation tensors at the batch size, from the model's op order: the
   largest set of tensors alive at once.
@@ -13,6 +17,12 @@ The prediction is a sum of parts, each either measured once or computed from the
 - `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), and what classify keeps
   per class between calls (a squared norm, a label slot).
 - `block`: classify's float64 copy of the prototypes, kept for up to `RESIDENT_CLASSES` classes.
+- `request`: what one request may take beyond `working`: converting the largest image the adapter accepts
+  (`PIXEL_BYTES` per pixel of `max_pixels`) and, for the service, its body, parsed JSON and decoded
+  files (`edgemeta.serve.api.body_reserve`).
+
+`FewShotAdapter`'s budget (`edgemeta.runtime.budget.MemoryBudget`) is this same plan, made from the
+loaded embedder (`plan_for`), so `edgemeta device check` and a board's adapter agree on what fits.
 
 The costs themselves are `edgemeta.runtime.budget`'s, which the adapter's budget uses too; this module
 measures (resident memory, the activation arena, the runtime's own overhead) and adds them up.
@@ -27,11 +37,15 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgemeta.runtime.budget import classify_buffer_bytes, raw_image_bytes, working_set_bytes
+from edgemeta.runtime.budget import PIXEL_BYTES, classify_buffer_bytes, raw_image_bytes, working_set_bytes
 from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+
+if TYPE_CHECKING:
+    from edgemeta.format.bundle import Manifest
 
 MB = 1 << 20
 
@@ -39,6 +53,12 @@ MB = 1 << 20
 def current_rss_bytes() -> int:
     """This process's resident memory now (Linux `VmRSS`), else its peak so far."""
     return _proc_status("VmRSS:") or peak_rss_bytes()
+
+
+def anonymous_rss_bytes() -> int:
+    """This process's own resident anonymous memory (Linux `RssAnon`: heap, arenas, copied pages), which
+    no other process changes; 0 where it cannot be read."""
+    return _proc_status("RssAnon:")
 
 
 def peak_rss_bytes() -> int:
@@ -105,11 +125,19 @@ class MemoryPlan:
     batch: int
     block: int
     runtime_measured_on: str
+    request: int = 0
+    runtime_anonymous: int = 0
 
     @property
     def fixed(self) -> int:
         """Everything but the classes."""
-        return self.runtime + self.model + self.arena + self.working
+        return self.runtime + self.model + self.arena + self.working + self.request
+
+    @property
+    def for_classes_at_most(self) -> int:
+        """What a budget of 0 leaves for classes, to which the budget is added: minus the fixed part and
+        classify's buffers (`block` for every resident class)."""
+        return -self.fixed - self.block * RESIDENT_CLASSES
 
     @property
     def per_class_peak(self) -> int:
@@ -124,20 +152,21 @@ class MemoryPlan:
 
     def max_classes(self, budget_bytes: int) -> int:
         """How many classes fit in `budget_bytes` (0 when even the model does not)."""
-        room = budget_bytes - self.fixed - self.block * RESIDENT_CLASSES
-        return max(0, room // self.per_class_peak)
+        return max(0, (budget_bytes + self.for_classes_at_most) // self.per_class_peak)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, prototype_dtype: str = "float32",
-                keep_support: str | None = None, runtime_bytes: int | None = None) -> MemoryPlan:
-    """The `MemoryPlan` of an adapter on `bundle` that embeds up to `batch` images per call and whose
-    classes have `shots` shots. `runtime_bytes` defaults to this machine's measured runtime overhead."""
+                keep_support: str | None = None, runtime_bytes: int | None = None, request_bytes: int = 0,
+                max_pixels: int | None = None) -> MemoryPlan:
+    """The `MemoryPlan` of an adapter on `bundle` that embeds up to `batch` images per call, accepts images
+    of up to `max_pixels` pixels (default: the bundle's, `edgemeta.format.images.max_pixels_for`) and
+    whose classes have `shots` shots; `request_bytes` is what one request may take beyond that (the
+    service's `body_reserve`). `runtime_bytes` defaults to this machine's measured overhead."""
     from edgemeta.format.bundle import read_bundle
     from edgemeta.runtime.interpreter import interpreter_class
-    from edgemeta.runtime.store import PrototypeStore
 
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer. Received: {batch!r}")
@@ -145,61 +174,104 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
     model_bytes = Path(model_path).read_bytes()
     interpreter = interpreter_class()[0](model_content=model_bytes)
     interpreter.allocate_tensors()
-    arena = tensor_arena_bytes(interpreter, batch)
+    runtime = RuntimeOverhead(runtime_bytes, 0, "given") if runtime_bytes is not None else None
+    if max_pixels is None:
+        from edgemeta.format.images import max_pixels_for
+
+        max_pixels = max_pixels_for(manifest)
+    return plan_for(manifest, len(model_bytes), tensor_arena_bytes(interpreter, batch), batch, shots, prototype_dtype,
+                    keep_support, runtime=runtime, request_bytes=request_bytes, max_pixels=max_pixels)
+
+
+def plan_for(manifest: Manifest, model_size: int, arena: int, batch: int, shots: int = 5,
+             prototype_dtype: str = "float32", keep_support: str | None = None, runtime: RuntimeOverhead | None = None,
+             request_bytes: int = 0, max_pixels: int = 0) -> MemoryPlan:
+    """The `MemoryPlan` of a model of `model_size` bytes, `arena` bytes of activations at `batch`, and
+    `manifest`, for images of up to `max_pixels` pixels: what `plan_memory` computes from a bundle and
+    `MemoryBudget.for_adapter` from a running adapter (`Embedder.activation_bytes`, `Embedder.max_pixels`)."""
+    from edgemeta.runtime.store import PrototypeStore
+
     store = PrototypeStore(manifest.embedding_size, manifest.model_sha256, prototype_dtype, keep_support)
-    measured_on = "given"
-    if runtime_bytes is None:
-        runtime_bytes, measured_on = runtime_overhead_bytes(bundle)
-    return MemoryPlan(runtime=runtime_bytes, model=2 * len(model_bytes), arena=arena,
+    runtime = runtime or runtime_overhead()
+    return MemoryPlan(runtime=runtime.total, model=2 * model_size, arena=arena,
                       working=working_set_bytes(manifest, batch),
                       per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest)), batch=batch,
-                      runtime_measured_on=measured_on,
+                      runtime_measured_on=runtime.machine,
                       # classify's buffers, spread over the RESIDENT_CLASSES classes they are kept for
-                      block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype) // RESIDENT_CLASSES)
+                      block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype) // RESIDENT_CLASSES,
+                      request=request_bytes + PIXEL_BYTES * max_pixels, runtime_anonymous=runtime.anonymous)
+
+
+@dataclass(frozen=True)
+class RuntimeOverhead:
+    """The runtime's own resident memory on a machine (`total` bytes), and the anonymous part of it."""
+
+    total: int
+    anonymous: int
+    machine: str
 
 
 _PROBE = r"""
 import json, sys
 from edgemeta.runtime import Embedder
 from edgemeta.runtime.budget import raw_image_shape
-from edgemeta.runtime.memory import peak_rss_bytes
+from edgemeta.runtime.memory import anonymous_rss_bytes, peak_rss_bytes
 import numpy as np
 embedder = Embedder.from_bundle(sys.argv[1], num_threads=1)
 h, w, c = raw_image_shape(embedder.manifest)
 embedder.embed(np.zeros((1, h, w) if c == 1 else (1, h, w, c), np.uint8))
-print(json.dumps({"peak": peak_rss_bytes()}))
+print(json.dumps({"peak": peak_rss_bytes(), "anonymous": anonymous_rss_bytes()}))
 """
+PROBE_RUNS = 2  # the smallest of these: another process starting beside the probe only ever adds to it
+_CACHE_VERSION = "2"  # bumped when the probe changes, so a figure measured the old way is not reused
 
 
-def runtime_overhead_bytes(bundle: str | os.PathLike, refresh: bool = False) -> tuple[int, str]:
-    """Resident memory of the runtime itself (interpreter library included), measured once per machine
-    in a fresh process that loads `bundle` and embeds one image (of `raw_image_shape`), minus that bundle's model and batch-1
-    arena. Cached in `$XDG_CACHE_HOME/edgemeta/runtime-overhead.json`; returns `(bytes, machine)`."""
+def runtime_overhead(refresh: bool = False) -> RuntimeOverhead:
+    """Resident memory of the runtime itself (interpreter library included), measured once per machine.
+
+    A fresh process loads the shipped omniglot preset and embeds one image; its peak, minus that
+    model's bytes and batch-1 activations, is the overhead (the smallest of `PROBE_RUNS` runs). Cached
+    in `$XDG_CACHE_HOME/edgemeta/runtime-overhead.json`, keyed by machine, Python and interpreter."""
     from edgemeta.format.bundle import read_bundle
+    from edgemeta.presets import preset_path
     from edgemeta.runtime.interpreter import interpreter_class
 
     machine = f"{platform.machine()} {platform.system()} Python {platform.python_version()} {interpreter_class()[1]}"
+    key = f"v{_CACHE_VERSION} {machine}"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgemeta" / "runtime-overhead.json"
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):
         cached = {}
-    if machine in cached and not refresh:
-        return int(cached[machine]), machine
-    result = subprocess.run([sys.executable, "-c", _PROBE, str(bundle)], capture_output=True, text=True, check=False,
-                            timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"Measuring the runtime's memory failed: {result.stderr[-2000:]}")
-    peak = json.loads(result.stdout.strip().splitlines()[-1])["peak"]
+    cached = cached if isinstance(cached, dict) else {}
+    entry = cached.get(key)
+    if not refresh and isinstance(entry, dict) and all(isinstance(entry.get(k), int) for k in ("total", "anonymous")):
+        return RuntimeOverhead(entry["total"], entry["anonymous"], machine)
+    bundle = preset_path("omniglot")
+    runs = []
+    for _ in range(PROBE_RUNS):
+        result = subprocess.run([sys.executable, "-c", _PROBE, str(bundle)], capture_output=True, text=True,
+                                check=False, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"Measuring the runtime's memory failed: {result.stderr[-2000:]}")
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    probe = min(runs, key=lambda run: run["peak"])
     model_path, _ = read_bundle(bundle)
     model_bytes = Path(model_path).read_bytes()
     interpreter = interpreter_class()[0](model_content=model_bytes)
     interpreter.allocate_tensors()
-    overhead = peak - 2 * len(model_bytes) - tensor_arena_bytes(interpreter, 1)
-    cached[machine] = int(overhead)
+    model_parts = 2 * len(model_bytes) + tensor_arena_bytes(interpreter, 1)
+    overhead = RuntimeOverhead(int(probe["peak"] - model_parts), max(0, int(probe["anonymous"] - model_parts)), machine)
+    cached[key] = {"total": overhead.total, "anonymous": overhead.anonymous}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(cached, indent=2) + "\n")
     except OSError:  # a read-only home: measure again next time
         pass
-    return int(overhead), machine
+    return overhead
+
+
+def runtime_overhead_bytes(bundle: str | os.PathLike | None = None, refresh: bool = False) -> tuple[int, str]:
+    """`(runtime_overhead().total, machine)`; `bundle` is ignored (the probe loads the shipped preset)."""
+    overhead = runtime_overhead(refresh)
+    return overhead.total, overhead.machine

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgemeta.runtime.budget import PIXEL_BYTES
+
 try:  # CPython's constant-time comparison, which hmac.compare_digest falls back to; hmac would load OpenSSL
     from _operator import _compare_digest as _same_secret  # type: ignore[attr-defined]
 except ImportError:  # another Python
@@ -32,10 +34,6 @@ DEFAULT_MAX_CONNECTIONS = 16
 MAX_LABEL_LENGTH = 256
 WORK_WAIT_SECONDS = 60.0  # a request waits this long for the model, or 503
 IMAGE_FORMATS = ("PNG", "JPEG")  # what a request's images may be (Pillow's format names)
-# Peak memory per decoded pixel while the runtime converts an image (uint8, float32 copies, grey, resize):
-# a 1000x1000 RGB PNG (a 4 MB body) raised the service's peak RSS by 27.2 MiB (docs/service.md, "Memory").
-# Images are decoded one at a time, but the largest is converted whole, so this is per pixel of the request.
-PIXEL_BYTES = 30
 
 
 class HTTPError(Exception):
@@ -59,12 +57,18 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels, all images of a request together
 
 
+def body_reserve(limits: Limits) -> int:
+    """Bytes one request's body may take: the body, the parsed JSON and the decoded files (3x the body).
+    One image is open at a time, so PNG text adds at most one image's (1.25 MiB: edgemeta.format.images),
+    within this margin. The service sets it aside from its budget; the adapter's own budget sets aside the
+    pixels (`PIXEL_BYTES` x --max-pixels, the adapter's max_pixels)."""
+    return 3 * limits.max_request_bytes
+
+
 def request_reserve(limits: Limits) -> int:
-    """Bytes one request may take beyond the adapter's steady state: its body, the parsed JSON and
-    decoded files (3x the body), and its pixels as the runtime converts them (PIXEL_BYTES each). One
-    image is open at a time, so PNG text adds at most one image's (1.25 MiB: edgemeta.format.images), within
-    the body's margin."""
-    return PIXEL_BYTES * limits.max_pixels + 3 * limits.max_request_bytes
+    """Bytes one request may take beyond the adapter's steady state: its body (`body_reserve`) and its
+    pixels as the runtime converts them (PIXEL_BYTES each)."""
+    return PIXEL_BYTES * limits.max_pixels + body_reserve(limits)
 
 
 def log(message: str) -> None:

@@ -22,6 +22,7 @@ from edgemeta.serve.api import (
     ConfigError,
     Limits,
     Service,
+    body_reserve,
     is_loopback,
     log,
     request_reserve,
@@ -113,8 +114,9 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 
 def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int | None]:
-    """(the process's budget, the adapter's share): the adapter gets the budget less one request's reserve,
-    so a full store plus the largest request still fits the budget (the unit's MemoryMax)."""
+    """(the process's budget, the adapter's share): the adapter gets the budget less one request's body
+    (`body_reserve`), and sets aside the request's pixels itself (its max_pixels is --max-pixels), so a full
+    store plus the largest request still fits the budget (the unit's MemoryMax)."""
     from edgemeta.format.units import parse_bytes
 
     if args.memory_budget:
@@ -125,10 +127,10 @@ def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int |
         budget = load_profile(args.device).budget_bytes
     else:
         return None, None
-    reserve = request_reserve(limits)
-    if budget - reserve < 16 * 2**20:  # not even room for the runtime itself
+    reserve = body_reserve(limits)
+    if budget - request_reserve(limits) < 16 * 2**20:  # not even room for the runtime itself
         raise ConfigError(f"The memory budget of {budget / 2**20:.0f} MB leaves too little once one request's "
-                          f"{reserve / 2**20:.1f} MB are set aside ({PIXEL_BYTES} B x --max-pixels + 3 x "
+                          f"{request_reserve(limits) / 2**20:.1f} MB are set aside ({PIXEL_BYTES} B x --max-pixels + 3 x "
                           "--max-request-bytes): lower those limits or raise the budget. "
                           f"Received: budget {budget} B, --max-pixels {limits.max_pixels}, "
                           f"--max-request-bytes {limits.max_request_bytes}")
@@ -137,6 +139,7 @@ def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int |
 
 def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
     from edgemeta.presets import preset_path
+    from edgemeta.profiles import BOARD_BATCH
     from edgemeta.runtime import FewShotAdapter
     from edgemeta.runtime.threshold import parse_threshold
 
@@ -147,7 +150,9 @@ def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
         raise ConfigError(str(e)) from None
     options: dict[str, Any] = {"unknown_threshold": threshold,
                                "on_full": args.on_full, "keep_support": args.keep_support,
-                               "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget}
+                               "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget,
+                               # what `edgemeta device check` plans for: its batch, and the request's pixels
+                               "max_batch": BOARD_BATCH, "max_pixels": args.max_pixels}
     if args.threads:
         options["num_threads"] = args.threads
     if args.device:

@@ -4,14 +4,15 @@ adapter's budget (refuse and change nothing, or evict the least recently used cl
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 
 from edgemeta.runtime import FewShotAdapter, MemoryBudgetError
-from edgemeta.runtime.budget import class_bytes
-from edgemeta.runtime.memory import MB, current_rss_bytes
+from edgemeta.runtime.budget import MemoryBudget, class_bytes
+from edgemeta.runtime.memory import MB
 from tests.harness import ROOT, blank_with_square, cli_in_process
 
 PRESET = ROOT / "edgemeta" / "presets" / "omniglot"
@@ -52,10 +53,18 @@ def test_device_check_says_whether_it_fits_and_how_many_classes():
     assert bad.returncode == 2 and "Unknown device 'raspberry-pi-9'" in bad.stderr
 
 
+def _fixed_bytes(bundle, **options) -> int:
+    """What an adapter on `bundle` (with `options`) needs before any class: a budget of this plus 2 MB
+    leaves 2 MB for classes."""
+    adapter = FewShotAdapter.from_bundle(bundle, **options)
+    return -MemoryBudget.for_adapter(0, adapter.embedder, adapter.store).for_classes
+
+
 def test_enrolling_past_the_budget_raises_and_changes_nothing(digits_run, tmp_path):
     state = tmp_path / "taught.store"
-    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], state=state, keep_support="images",
-                                         max_batch=4, memory_budget=current_rss_bytes() + 2 * MB)
+    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4}
+    adapter = FewShotAdapter.from_bundle(bundle, state=state, **options,
+                                         memory_budget=_fixed_bytes(bundle, **options) + 2 * MB)
     shots = [blank_with_square(lo=10 + i, hi=60 + i) for i in range(5)]  # 5 x 11 KB kept per class
     with pytest.raises(MemoryBudgetError) as info:
         for c in range(1000):
@@ -79,8 +88,7 @@ def test_a_refused_enrollment_gives_back_the_rows_it_grew(digits_run, tmp_path):
     while not adapter.labels or len(adapter.labels) < adapter.store.capacity:
         adapter.enroll(f"c{len(adapter.labels)}", image)
     full, held = adapter.labels, (adapter.store.nbytes(), adapter.store.capacity)
-    state.unlink()
-    state.parent.rmdir()
+    shutil.rmtree(state.parent)  # the state and its lock file
     state.parent.write_text("a file where the state's folder was: the next save fails")
     with pytest.raises(OSError):
         adapter.enroll("one-more", image)
@@ -88,8 +96,9 @@ def test_a_refused_enrollment_gives_back_the_rows_it_grew(digits_run, tmp_path):
 
 
 def test_evict_mode_forgets_the_least_recently_used_class(digits_run):
-    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], keep_support="images", max_batch=4,
-                                         memory_budget=current_rss_bytes() + 2 * MB, on_full="evict")
+    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4}
+    adapter = FewShotAdapter.from_bundle(bundle, **options, memory_budget=_fixed_bytes(bundle, **options) + 2 * MB,
+                                         on_full="evict")
     shots = [blank_with_square(lo=10 + i, hi=60 + i) for i in range(5)]
     with pytest.warns(RuntimeWarning, match="evicted"):
         for c in range(60):
@@ -99,15 +108,16 @@ def test_evict_mode_forgets_the_least_recently_used_class(digits_run):
                 adapter.store.touch(["c0"])  # c0 is in use: it must survive
     labels = adapter.labels
     assert "c59" in labels and "c0" in labels and "c1" not in labels
-    assert class_bytes(adapter.store) <= adapter._budget.for_classes
+    assert class_bytes(adapter.store, 4) <= adapter._budget.for_classes
 
 
 def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digits_run):
     """Without kept shots a class is its array row and its label. Evicting one frees the label but
     leaves the row as a spare (arrays do not shrink on remove), so counting the row as freed let the
     store creep over its budget, by a row per eviction."""
-    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], max_batch=1, on_full="evict",
-                                         memory_budget=current_rss_bytes() + 2 * MB)
+    bundle = digits_run["bundles"]["int8"]
+    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, on_full="evict",
+                                         memory_budget=_fixed_bytes(bundle, max_batch=1) + 2 * MB)
     fits = adapter._budget.for_classes // adapter.store.bytes_per_class(0)
     assert 100 < fits < 20_000, fits
     image, over = blank_with_square(lo=10, hi=60), []
@@ -115,7 +125,7 @@ def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digi
         warnings.simplefilter("ignore", RuntimeWarning)  # an eviction warning per enrollment past the budget
         for c in range(int(fits * 1.3)):
             adapter.enroll(f"c{c}", image)
-            if class_bytes(adapter.store) > adapter._budget.for_classes:
+            if class_bytes(adapter.store, 1) > adapter._budget.for_classes:
                 over.append(c)
     assert len(adapter.labels) < fits * 1.3 and not over, f"over the budget after {len(over)} enrollments"
 
@@ -195,8 +205,54 @@ def test_the_adapters_budget_leaves_less_for_classes_when_the_manifest_expects_l
                                                                                               monkeypatch):
     import edgemeta.runtime.memory as memory
 
-    monkeypatch.setattr(memory, "current_rss_bytes", lambda: 100 * MB)  # the same process size for both
+    monkeypatch.setattr(memory, "anonymous_rss_bytes", lambda: 0)  # nothing beyond the plan, for both
     photos = _with_raw_shape(digits_run["bundles"]["int8"], tmp_path / "photos", (224, 224, 3))
     left = [FewShotAdapter.from_bundle(b, max_batch=4, memory_budget=200 * MB)._budget.for_classes
             for b in (digits_run["bundles"]["int8"], photos)]
     assert left[0] - left[1] == 4 * (224 * 224 * 3 - 28 * 28) * 9
+
+
+def test_the_adapters_budget_is_the_device_checks_plan_whatever_else_runs(monkeypatch):
+    """A board's adapter and `edgemeta device check` make the same plan, and neither reads the live RSS:
+    shared library pages, which grow in RSS while other processes use the same libraries, are counted
+    at the plan's measured figure. Only anonymous memory beyond the plan (the caller's own) is taken off."""
+    import edgemeta.runtime.memory as memory
+    from edgemeta.runtime.memory import plan_memory
+
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: 10**12)  # as if the machine were swamped
+    monkeypatch.setattr(memory, "anonymous_rss_bytes", lambda: 0)
+    budget, pixels = 96 * MB, 2**20
+    adapter = FewShotAdapter.from_bundle(PRESET, max_batch=8, max_pixels=pixels, memory_budget=budget)
+    plan = plan_memory(PRESET, batch=8, shots=0, max_pixels=pixels)
+    assert adapter._budget.for_classes == budget + plan.for_classes_at_most
+    assert plan.max_classes(budget) > 1000
+    monkeypatch.setattr(memory, "anonymous_rss_bytes", lambda: 10**12)  # a process that holds far more itself
+    with pytest.raises(MemoryBudgetError, match="too small for this bundle: .*beyond the plan"):
+        FewShotAdapter.from_bundle(PRESET, max_batch=8, max_pixels=pixels, memory_budget=budget)
+
+
+def test_classify_compares_at_most_max_batch_queries_at_once(digits_run):
+    """The budget counts classify's (queries, classes) arrays for max_batch queries; a call with more
+    images is split, with the same answers as one image at a time."""
+    from edgemeta.runtime.index import PrototypeIndex
+
+    adapter = FewShotAdapter.from_bundle(digits_run["bundles"]["int8"], max_batch=3)
+    test = digits_run["test"]
+    for c in np.unique(test.labels)[:4]:
+        adapter.enroll(str(c), test.images[test.labels == c][:2])
+    rows, real = [], PrototypeIndex.distances
+
+    def spy(self, store, queries):
+        rows.append(len(queries))
+        return real(self, store, queries)
+
+    PrototypeIndex.distances = spy
+    try:
+        together = adapter.classify(test.images[:10])
+    finally:
+        PrototypeIndex.distances = real
+    assert max(rows) == 3 and sum(rows) == 10
+    alone = [adapter.classify(image)[0] for image in test.images[:10]]
+    assert [(p.label, p.nearest) for p in together] == [(p.label, p.nearest) for p in alone]
+    # BLAS sums a (3, D) and a (1, D) product in different orders: equal to rounding
+    np.testing.assert_allclose([(p.distance, p.score) for p in together], [(p.distance, p.score) for p in alone], rtol=1e-9)
