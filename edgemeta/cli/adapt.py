@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 HELP = "enroll classes from folders and classify image files, on the device"
 
@@ -16,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     source.add_argument("--bundle")
     source.add_argument("--preset")
     p.add_argument("--support", help="folder with one sub-folder of example images per class to enroll")
-    p.add_argument("--state", help="file keeping what was taught (loaded if present, saved after every change)")
+    p.add_argument("--state", help="file keeping what was taught (loaded if present, saved after every change); with "
+                                  "--support or --forget this run is its one writer (refused while another, e.g. a "
+                                  "running service, holds it), otherwise it is only read")
     p.add_argument("--forget", nargs="+", default=[], help="labels to remove")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
     p.add_argument("--unknown-threshold", default="calibrated",
@@ -26,14 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgemeta.data.folder import list_image_folder
     from edgemeta.runtime import FewShotAdapter
     from edgemeta.runtime.threshold import parse_threshold
 
     threshold = parse_threshold(args.unknown_threshold)
-    options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget}
-    adapter = (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
-               else FewShotAdapter.from_preset(args.preset, **options))
+    # Only a run that changes the store writes it: classifying and listing read it beside a running writer.
+    options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget,
+               "read_only": not (args.support or args.forget)}
+    with (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
+          else FewShotAdapter.from_preset(args.preset, **options)) as adapter:
+        return _run(args, adapter)
+
+
+def _run(args: argparse.Namespace, adapter: Any) -> int:
+    from edgemeta.data.folder import list_image_folder
+
     if args.support:
         for label, files in list_image_folder(args.support).items():
             total = adapter.enroll(label, files)

@@ -17,8 +17,9 @@ from edgemeta.presets import preset_path
 from edgemeta.runtime.budget import MemoryBudget, MemoryBudgetError
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.index import PrototypeIndex
+from edgemeta.runtime.lock import StoreLock, resolve_store_path
 from edgemeta.runtime.prototypes import for_metric
-from edgemeta.runtime.store import PrototypeStore, StoreError
+from edgemeta.runtime.store import PrototypeStore, StoreError, StoreReadOnlyError
 from edgemeta.runtime.threshold import UnknownThreshold, check_threshold
 
 ON_FULL = ("error", "evict")
@@ -64,7 +65,11 @@ class FewShotAdapter:
     Args:
         embedder: the bundle's model and preprocessing.
         state: a store file. What was taught is loaded from it if it exists and written back atomically
-            after every `enroll`/`forget`, so a power cut or a kill never loses or corrupts it.
+            after every `enroll`/`forget`, so a power cut or a kill never loses or corrupts it. The
+            adapter is the file's one writer: it holds the file's lock (`edgemeta.runtime.lock`) until
+            `close()` (or the end of a `with` block, or the process's exit); a second writer of the file,
+            in another process or this one, gets `StoreLockedError` naming the holder's PID. A symbolic
+            link is followed (it stays a link to the updated file).
         memory_budget: bytes the whole process may hold (an int, or a string such as "48MB"). Enrolling
             past it raises `MemoryBudgetError` and changes nothing, or with `on_full="evict"` forgets the
             least recently used classes first.
@@ -76,12 +81,15 @@ class FewShotAdapter:
         max_pixels: the largest image accepted, in pixels (default: the bundle's,
             `edgemeta.format.images.max_pixels_for`); checked on a file's header before it is decoded,
             and set aside in the memory budget (converting an image takes ~30 bytes per pixel).
+        read_only: load `state` without taking its lock (beside a running writer, e.g. the service);
+            `enroll`, `forget` and saving over `state` then raise `StoreReadOnlyError`.
     """
 
     def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None, *,
                  memory_budget: int | str | None = None, on_full: str = "error",
                  unknown_threshold: float | str | None = "calibrated", prototype_dtype: str = "float32",
-                 keep_support: str | None = None, max_batch: int | None = None, max_pixels: int | None = None) -> None:
+                 keep_support: str | None = None, max_batch: int | None = None, max_pixels: int | None = None,
+                 read_only: bool = False) -> None:
         if on_full not in ON_FULL:
             raise ValueError(f"on_full must be one of {ON_FULL}. Received: {on_full!r}")
         self.embedder = embedder
@@ -100,11 +108,18 @@ class FewShotAdapter:
         self._head = None  # a SoftmaxHead fitted on the current classes (fit_head), else None
         self._index = PrototypeIndex(self.metric)
         self.state_path = Path(state) if state is not None else None
-        sha = embedder.manifest.model_sha256
-        if self.state_path is not None and self.state_path.exists():
-            self._store = PrototypeStore.load(self.state_path, model_sha256=sha)
-        else:
-            self._store = PrototypeStore(embedder.embedding_size, sha, prototype_dtype, keep_support)
+        self.read_only = bool(read_only)
+        # The writer's lock before the file is read: what is loaded is then what this adapter's saves build on.
+        self._writer = StoreLock.acquire(self.state_path) if self.state_path is not None and not read_only else None
+        try:
+            if self.state_path is not None and self.state_path.exists():
+                self._store = self._load_store(self.state_path)
+            else:
+                self._store = PrototypeStore(embedder.embedding_size, embedder.manifest.model_sha256, prototype_dtype,
+                                             keep_support)
+        except BaseException:
+            self.close()
+            raise
         self.unknown_threshold = unknown_threshold
         self.memory_budget = parse_bytes(memory_budget, "memory_budget") if memory_budget is not None else None
         self._budget: MemoryBudget | None = None
@@ -264,18 +279,52 @@ class FewShotAdapter:
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Writes what was taught to `path` atomically (temporary file, fsync, rename, fsync directory)."""
+        """Writes what was taught to `path` atomically (temporary file, fsync, rename, fsync directory), as
+        that file's one writer: under this adapter's lock when `path` is its state, else under a lock taken
+        for the save (`StoreLockedError` when another writer holds it). A read-only adapter may save a
+        copy elsewhere, not over its state."""
         with self._lock:
-            self._store.save(path)
+            target = resolve_store_path(path)
+            if self._writer is not None and target == self._writer.path:
+                self._store.save(target, lock=self._writer)
+                return
+            if self.read_only and self.state_path is not None and target == resolve_store_path(self.state_path):
+                raise StoreReadOnlyError(f"This adapter opened {str(self.state_path)!r} read-only: it does not save over "
+                                         "it (its writer does). Save a copy elsewhere, or open the adapter without "
+                                         f"read_only=True. Received: save({str(path)!r})")
+            self._store.save(target)
 
     def load(self, path: str | os.PathLike) -> None:
         """Replaces the enrolled classes with those saved at `path`; a corrupt file, another model's
         store, or one over the budget is refused and changes nothing."""
-        store = PrototypeStore.load(path, model_sha256=self.embedder.manifest.model_sha256)
+        store = self._load_store(path)
         with self._lock:
             if self._budget is not None:
                 self._budget.check(store, str(path))
             self._store, self._head = store, None
+
+    def close(self) -> None:
+        """Gives back the state file's writer lock, so that another adapter or process may write it. The
+        adapter still classifies; `enroll` and `forget` then raise `StoreReadOnlyError`. A second call
+        does nothing; the end of a `with` block and the process's exit close too."""
+        with self._lock:  # not while a change is being saved
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.release()
+
+    def __enter__(self) -> FewShotAdapter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _load_store(self, path: str | os.PathLike) -> PrototypeStore:
+        """The store at `path`, checked (`PrototypeStore.load`) and refused unless this bundle's model taught it."""
+        store = PrototypeStore.load(path, model_sha256=self.embedder.manifest.model_sha256)
+        if store.embedding_size != self.embedder.embedding_size:
+            raise StoreError(f"Store {str(path)!r} holds {store.embedding_size}-d prototypes but this bundle's model makes "
+                             f"{self.embedder.embedding_size}-d embeddings. Received: embedding_size {store.embedding_size}")
+        return store
 
     # -- internals ---------------------------------------------------------------------------------
     def _embed_shots(self, images: Any) -> tuple[np.ndarray, list[np.ndarray] | None]:
@@ -305,8 +354,19 @@ class FewShotAdapter:
         self._budget.check(self._store, f"After evicting {evicted}, the store")  # a safety net: make_room's sum is exact
 
     def _persist(self) -> None:
-        if self.state_path is not None:
-            self._store.save(self.state_path)
+        """Saves the change just made (under the writer's lock), or raises so that the caller undoes it."""
+        if self.read_only:
+            where = f" on {str(self.state_path)!r}" if self.state_path is not None else ""
+            raise StoreReadOnlyError(f"This adapter was opened read-only{where}: enroll and forget are refused. Open it "
+                                     "without read_only=True (as the store's one writer) to change what was taught. "
+                                     "Received: a change")
+        if self.state_path is None:
+            return
+        if self._writer is None:
+            raise StoreReadOnlyError(f"This adapter was closed: it no longer holds the writer lock of {str(self.state_path)!r}, "
+                                     "so a change could not be saved. Open a new adapter on the file. Received: a change "
+                                     "after close()")
+        self._store.save(self._writer.path, lock=self._writer)
 
     def _undo(self, before: dict, capacity: int | None = None) -> None:
         """Puts the rows in `before` back; with `capacity`, frees the rows a refused class grew (they

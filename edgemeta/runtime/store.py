@@ -5,10 +5,17 @@ and when it was last used (for least-recently-used eviction). Optionally the sto
 embedding (for on-device head fine-tuning) or its raw image (to re-enroll under a new model).
 
 On disk (format version 2): an 8-byte magic, a little-endian uint32 header length, a JSON header
-(format version, the bundle's model sha256, the labels) and an `.npz` payload, then the
+(format version, the bundle's model sha256, the labels) and an `.npz` payload (uncompressed), then the
 sha256 of everything before it.
-`save` is atomic (temporary file, fsync, rename, fsync directory); `load` checks magic, version,
-checksum and model before it changes anything. Version-1 files (a bare `.npz`) are still read.
+- `save` is atomic (temporary file, fsync, rename, fsync directory) and streamed: the header, then each
+  array straight from the store's memory, the checksum computed on the way (no copy of the file in
+  memory). It writes as the store's one writer (`edgemeta.runtime.lock`): under the caller's lock, or
+  one taken for the save.
+- `load` streams too (the checksum in chunks, then one array at a time) and checks, before it builds
+  anything, the magic, version and checksum, then every header field and every array's name, dtype
+  and shape against the labels, then the values (finite means, counts >= 1): a file that fails is a
+  `StoreError` naming the field. Version-1 files (a bare `.npz`) are still read, their declared sizes
+  checked before anything is inflated. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -16,26 +23,57 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from edgemeta.format.atomic import atomic_write, remove_stale_temporaries
+from edgemeta.format.atomic import atomic_writer
 from edgemeta.format.checksum import sha256
+
+if TYPE_CHECKING:
+    import zipfile
+
+    from edgemeta.runtime.lock import StoreLock
 
 FORMAT_VERSION = 2
 MAGIC = b"EMSTORE\x00"
 PROTOTYPE_DTYPES = ("float32", "int8")
 KEEP_SUPPORT = (None, "embeddings", "images")
-LABEL_BYTES = 120  # a short Python str, its list slot and its dict entry (measured: ~110-130 B)
+SUPPORT_DTYPES = {"embeddings": np.dtype(np.float32), "images": np.dtype(np.uint8)}
+HEADER_KEYS = ("format", "format_version", "model_sha256", "embedding_size", "prototype_dtype", "keep_support",
+               "labels", "clock", "payload_bytes")
+MAX_LABEL_CHARS = 1024  # the service takes 256; a label is a name, not a payload
+MAX_EMBEDDING_SIZE = 1 << 16
+# A label's list slot, its index entry (dict slot and table share, its row number as an int object):
+# measured with tracemalloc beyond sys.getsizeof(label), 41 B/label at 100 classes, 56 B at 5000, 74 B at 100000.
+LABEL_ENTRY_BYTES = 80
+LABEL_BYTES = sys.getsizeof("x" * 16) + LABEL_ENTRY_BYTES  # a typical 16-character label, for planning
 ROW_OBJECT_BYTES = 64  # the row's (empty) list of kept shots and its slot
+SHOT_OBJECT_BYTES = 128  # a kept shot's array object, shape, strides and list slot (measured: 121 B)
+CHUNK_BYTES = 1 << 18  # what load and save hold of the file at a time
+V1_SLACK_BYTES = 1 << 20  # version 1 was written uncompressed: its arrays declare about the file's size
+# load/save's fixed transient beyond the figures `persist_peak_bytes` scales (zipfile's objects, buffers
+# of CHUNK_BYTES, a label's JSON): see persist_peak_bytes for the measurement.
+PERSIST_FIXED_BYTES = 1 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreError(ValueError):
     """A store file that cannot be used: corrupt, another version, or taught with another model."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store file's lock (`edgemeta.runtime.lock`); its message names the PID."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A change asked of an adapter opened with `read_only=True`, or closed."""
 
 
 @dataclass
@@ -61,13 +99,17 @@ def read_header(data: bytes, source: str = "the store") -> tuple[dict[str, Any],
     (header_length,) = struct.unpack("<I", data[8:12])
     if len(data) < 12 + header_length:
         raise StoreError(f"{source} is truncated: its header needs {12 + header_length} bytes. Received: {len(data)}")
+    return _parse_header(data[12 : 12 + header_length], source), 12 + header_length
+
+
+def _parse_header(text: bytes, source: str) -> dict[str, Any]:
     try:
-        header = json.loads(data[12 : 12 + header_length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{source} is corrupt: its header does not parse ({e}).") from e
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit int, deep nesting
+        raise StoreError(f"{source} is corrupt: its header does not parse ({str(e)[:200]}).") from e
     if not isinstance(header, dict):
         raise StoreError(f"{source} is corrupt: its header is not a JSON object. Received: {type(header).__name__}")
-    return header, 12 + header_length
+    return header
 
 
 class PrototypeStore:
@@ -99,6 +141,8 @@ class PrototypeStore:
         self._last_used = np.zeros(0, np.int64)
         self._support: list[list[Any]] = []  # per row: embeddings (D,) float32 or raw uint8 images
         self._clock = 0
+        self._label_nbytes = 0  # sum of label_bytes over the labels
+        self._label_json = 0  # sum of the labels' JSON lengths: the header's size, known without encoding it
         self._version = 0  # bumped by every change of the rows: readers cache what they derive from them
         self._median: tuple[int, int] | None = None  # (version, median_count) of that version
 
@@ -172,10 +216,37 @@ class PrototypeStore:
                 self._last_used[i] = self._clock
 
     def nbytes(self) -> int:
-        """Bytes the store holds in memory: arrays, labels and kept support data."""
+        """Bytes the store holds in memory: arrays, labels (each as `label_bytes` counts it) and kept support data."""
         support = sum(_shot_bytes(s) for shots in self._support for s in shots)
         arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
-        return arrays + (LABEL_BYTES + ROW_OBJECT_BYTES) * len(self._labels) + support
+        return arrays + self._label_nbytes + ROW_OBJECT_BYTES * len(self._labels) + support
+
+    def label_bytes(self, label: str) -> int:
+        """What `label` takes in the store: the str object itself (a 1 MiB label is a 1 MiB object) and its
+        entries in the label list and the index. Forgetting the label gives this back."""
+        return sys.getsizeof(label) + LABEL_ENTRY_BYTES
+
+    def persist_peak_bytes(self) -> int:
+        """An upper bound of the bytes a `save` or a `load` of this store holds transiently beyond `nbytes()`
+        (which the loaded arrays, labels and shots are part of): what a memory budget must leave free.
+
+        Both stream the file: save writes the header label by label and each array from the store's own
+        memory; load hashes the file in CHUNK_BYTES pieces and reads one array at a time into its final
+        place. What remains: on load the header's bytes and their decoded text (twice the header, whose
+        size the labels' JSON lengths give), and about 80 B per kept shot of shape arithmetic; on save
+        the kept shots' row and shape tables (8 B per class, 24 B per shot); plus PERSIST_FIXED_BYTES
+        (1 MiB) for the zip directory, the chunk buffers and a label's JSON.
+
+        Measured (tests/runtime/test_store_validation.py, AMD EPYC, CPython 3.11, numpy 2.4): tracemalloc
+        saw 20-89 KiB on save and 453-500 KiB on load beyond the result for 600 classes of 256-d with kept
+        embeddings or images, and 1601 KiB on load for 150 labels of 1000 '€' (a 0.9 MB header); this bound
+        said 1274 and 2785 KiB. Peak RSS in a fresh process (VmHWM reset through /proc/self/clear_refs)
+        rose 0 KiB above the steady state on save and above the loaded state on load, for a 19.7 MiB store
+        of 5000 x 1024 float32 and a 21.2 MiB one of 2000 kept 105x105 images (75.1 / 58.9 MiB and
+        100.8 / 63.5 MiB before streaming)."""
+        n, shots = len(self._labels), sum(map(len, self._support))
+        header = 512 + self._label_json + 2 * n  # the fields besides the labels take about 250 B
+        return PERSIST_FIXED_BYTES + max(2 * header + 80 * shots + n, 8 * n + 24 * shots)
 
     def bytes_per_class(self, shots: int = 5, image_bytes: int | None = None) -> int:
         """Memory one more class with `shots` shots takes in this store (what the planner multiplies).
@@ -184,7 +255,8 @@ class PrototypeStore:
         if self.keep_support == "images" and image_bytes is None:
             raise ValueError("bytes_per_class of a store that keeps images needs image_bytes, the bytes of one raw "
                              "image (edgemeta.runtime.budget.raw_image_bytes(manifest)). Received: None")
-        per_shot = {None: 0, "embeddings": 4 * self.embedding_size + 100, "images": (image_bytes or 0) + 100}
+        per_shot = {None: 0, "embeddings": 4 * self.embedding_size + SHOT_OBJECT_BYTES,
+                    "images": (image_bytes or 0) + SHOT_OBJECT_BYTES}
         return self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot[self.keep_support]
 
     @property
@@ -199,7 +271,10 @@ class PrototypeStore:
 
     # -- changing (each returns what `undo` needs) ----------------------------------------------
     def add(self, label: str, embeddings: np.ndarray, support: list[Any] | None = None) -> int:
-        """Adds `embeddings` `(n, D)` as shots of `label`; returns the class's shot count."""
+        """Adds `embeddings` `(n, D)` as shots of `label`; returns the class's shot count. A new label is a
+        non-empty str of at most MAX_LABEL_CHARS characters."""
+        if label not in self._index:
+            check_label(label)
         embeddings = np.asarray(embeddings, np.float64)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size or len(embeddings) == 0:
             raise ValueError(f"Expected embeddings of shape (n >= 1, {self.embedding_size}). Received: {embeddings.shape}")
@@ -233,6 +308,8 @@ class PrototypeStore:
             self._index[moved] = i
         self._labels.pop(), self._support.pop()
         del self._index[label]  # the row past the end is spare capacity now
+        self._label_nbytes -= self.label_bytes(label)
+        self._label_json -= _json_length(label)
         self._version += 1
 
     def shrink_to(self, capacity: int) -> None:
@@ -262,43 +339,68 @@ class PrototypeStore:
         self._version += 1
 
     # -- persistence ---------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        n = len(self._labels)
-        arrays: dict[str, np.ndarray] = {"means": self._means[:n], "scales": self._scales[:n], "counts": self._counts[:n],
-                                         "last_used": self._last_used[:n]}
-        if self.keep_support is not None:
-            shots = [np.asarray(s) for row in self._support for s in row]
-            arrays["support_rows"] = np.array([len(row) for row in self._support], np.int64)
-            arrays["support_shapes"] = np.array([list(s.shape) + [0] * (3 - s.ndim) for s in shots], np.int64).reshape(-1, 3)
-            arrays["support_data"] = (np.concatenate([s.ravel() for s in shots]) if shots
-                                      else np.zeros(0, np.float32 if self.keep_support == "embeddings" else np.uint8))
-        payload = io.BytesIO()
-        np.savez(payload, **arrays)
-        payload_bytes = payload.getvalue()
-        header = {"format": "edgemeta.store", "format_version": FORMAT_VERSION, "model_sha256": self.model_sha256,
-                  "embedding_size": self.embedding_size, "prototype_dtype": self.prototype_dtype,
-                  "keep_support": self.keep_support, "labels": self._labels, "clock": self._clock,
-                  "payload_bytes": len(payload_bytes)}
-        header_bytes = json.dumps(header).encode()
-        body = MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + payload_bytes
-        return body + sha256(body).digest()  # the checksum covers the header too: labels are data
+    def save(self, path: str | os.PathLike, lock: StoreLock | None = None) -> None:
+        """Writes the store to `path` atomically: a reader, a SIGKILL or a power cut sees the old file or
+        the new one, never a mix. Symbolic links are followed (a linked store stays a link); the file
+        keeps its mode.
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the store to `path` atomically: a reader, a SIGKILL or a power cut sees the old
-        file or the new one, never a mix."""
-        atomic_write(path, self.to_bytes())
+        One writer per store: under `lock`, the writer lock its caller holds for `path` (an adapter's),
+        else under the lock taken for this save alone; `StoreLockedError` when another writer holds it."""
+        from edgemeta.runtime.lock import StoreLock, resolve_store_path
+
+        target = resolve_store_path(path)
+        if lock is None:
+            with StoreLock.acquire(target) as taken:
+                self._write_file(taken.path)
+        elif not lock.held or lock.path != target:
+            raise StoreError(f"save(lock=...) needs the held lock of the file it writes. Received: the lock of "
+                             f"{str(lock.path)!r} ({'held' if lock.held else 'released'}) for {str(target)!r}")
+        else:
+            self._write_file(target)
+
+    def to_bytes(self) -> bytes:
+        """The bytes `save` writes (built in memory: for tests and tools, not the board)."""
+        buffer = io.BytesIO()
+        self.write_to(buffer)
+        return buffer.getvalue()
+
+    def write_to(self, out: BinaryIO) -> int:
+        """Writes the store file to `out` front to back in one pass: the header (label by label), each array
+        from the store's own memory, then the sha256 of all of it, computed on the way. Returns the bytes
+        written. The payload's length, which the header states, comes from a dry run that only counts."""
+        members = self._members()
+        payload_bytes = _write_npz(_Stream(None), members)
+        prefix, suffix = self._header_parts(payload_bytes)
+        n = len(self._labels)
+        header_length = len(prefix) + self._label_json + 2 * max(n - 1, 0) + len(suffix)
+        digest = sha256()
+        head = _Stream(out, digest)
+        head.write(MAGIC + struct.pack("<I", header_length) + prefix)
+        for i, label in enumerate(self._labels):  # as json.dumps writes the list, without the whole string
+            head.write((", " + json.dumps(label) if i else json.dumps(label)).encode("ascii"))
+        head.write(suffix)
+        if head.position != 12 + header_length:  # the label lengths kept by add/remove disagree: a bug, not a file
+            raise RuntimeError(f"Store header length {head.position - 12} != the computed {header_length}")
+        payload = _Stream(out, digest)  # its own positions: the zip's offsets count from the payload's start
+        written = _write_npz(payload, members)
+        out.write(digest.digest())
+        return head.position + written + 32
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_sha256: str | None = None) -> PrototypeStore:
-        """Reads a store saved by `save`. Raises `StoreError` for a corrupt file, an unknown version,
-        or (with `model_sha256`) a store taught with another model; nothing is changed then."""
+        """Reads a store saved by `save` (or a version-1 file). Raises `StoreError` for a corrupt or
+        inconsistent file (naming the field and what it holds), an unknown version, or (with
+        `model_sha256`) a store taught with another model. Takes no lock and deletes nothing: a reader
+        beside a live writer is safe (saves are atomic renames)."""
         path = Path(path)
-        remove_stale_temporaries(path)
-        data = path.read_bytes()
-        if data[:2] == b"PK":  # version 1: a bare .npz of sums and counts
-            store = cls._from_v1(data, str(path))
-        else:
-            store = cls._from_v2(data, str(path))
+        source = str(path)
+        if path.is_dir():
+            raise StoreError(f"{source} is a directory; expected a store file (e.g. {str(path / 'taught.store')!r}). "
+                             "Received: a directory")
+        with open(path, "rb") as f:  # one open file: the checksum and the arrays are read from the same bytes
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(12)
+            store = cls._from_v1(f, size, source) if first[:2] == b"PK" else cls._from_v2(f, first, size, source)
         if model_sha256 is not None and store.model_sha256 != model_sha256:
             raise StoreError(
                 f"Store {str(path)!r} was taught with another model (sha256 {store.model_sha256[:12]}…); "
@@ -308,46 +410,129 @@ class PrototypeStore:
         return store
 
     @classmethod
-    def _from_v2(cls, data: bytes, source: str) -> PrototypeStore:
-        header, payload_start = read_header(data, source)
+    def _from_v2(cls, f: BinaryIO, first: bytes, size: int, source: str) -> PrototypeStore:
+        if first[:8] != MAGIC or len(first) < 12:
+            read_header(first, source)  # raises: not a store
+        (header_length,) = struct.unpack("<I", first[8:12])
+        if size < 12 + header_length:
+            raise StoreError(f"{source} is truncated: its header needs {12 + header_length} bytes. Received: {size}")
+        header, payload_start = _parse_header(f.read(header_length), source), 12 + header_length
         version = header.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(f"{source} has store format version {version!r}; this edgemeta "
                              f"reads versions 1 and {FORMAT_VERSION}. Upgrade edgemeta.")
-        body, digest = data[:-32], data[-32:]
-        if sha256(body).digest() != digest:
-            raise StoreError(f"{source} is corrupt: its contents do not match its checksum "
-                             f"(Received {len(data)} bytes; truncated or damaged).")
-        payload = body[payload_start:]
-        store = cls(header["embedding_size"], header["model_sha256"], header["prototype_dtype"], header["keep_support"])
-        with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-            store._means, store._scales = arrays["means"], arrays["scales"]
-            store._counts, store._last_used = arrays["counts"], arrays["last_used"]
-            store._support = [[] for _ in header["labels"]]
-            if store.keep_support is not None:
-                store._support = _unflatten_support(arrays["support_rows"], arrays["support_shapes"], arrays["support_data"])
-        store._labels = list(header["labels"])
-        store._index = {label: i for i, label in enumerate(store._labels)}
-        store._clock = int(header.get("clock", 0))
+        _verify_checksum(f, size, source)
+        embedding_size, model_sha, dtype, keep, labels, clock = _check_header(header, source)
+        payload_length = size - 32 - payload_start
+        if header["payload_bytes"] != payload_length:
+            raise StoreError(f"{source} is corrupt: its header's 'payload_bytes' must be the arrays' length, "
+                             f"{payload_length}. Received: {_show(header['payload_bytes'])}")
+        n = len(labels)
+        names = ["means", "scales", "counts", "last_used"]
+        if keep is not None:
+            names += ["support_rows", "support_shapes", "support_data"]
+        support: list[list[Any]] = [[] for _ in labels]
+        with _open_npz(_Window(f, payload_start, payload_length), names, source, stored_only=True) as (zf, infos):
+            means = _read_array(zf, infos, "means", np.dtype(dtype), (n, embedding_size), source)
+            scales = _read_array(zf, infos, "scales", np.dtype(np.float32), (n,), source)
+            counts = _read_array(zf, infos, "counts", np.dtype(np.int64), (n,), source)
+            last_used = _read_array(zf, infos, "last_used", np.dtype(np.int64), (n,), source)
+            _check_values(means, scales, counts, last_used, labels, dtype, source)
+            if keep is not None:
+                support = _read_support(zf, infos, keep, n, embedding_size, size, source)
+        store = cls(embedding_size, model_sha, dtype, keep)
+        store._means, store._scales, store._counts, store._last_used = means, scales, counts, last_used
+        store._support, store._clock = support, clock
+        store._set_labels(labels)
         return store
 
     @classmethod
-    def _from_v1(cls, data: bytes, source: str) -> PrototypeStore:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                header, sums = json.loads(str(arrays["header"])), arrays["sums"]
-        except Exception as e:  # a damaged zip can fail in many ways inside numpy/zipfile
-            raise StoreError(f"{source} is corrupt (version-1 store): {e!r}") from e
-        if header.get("format_version") != 1:
-            raise StoreError(f"{source}: unsupported store version. Received: {header.get('format_version')!r}")
-        store = cls(sums.shape[1], header["model_sha256"])
-        for label, total, count in zip(header["labels"], sums, header["counts"]):
-            store.add(label, np.asarray(total, np.float64)[None] / count)
-            store._counts[store._index[label]] = count
-        store._version += 1  # the counts changed after the adds
+    def _from_v1(cls, f: BinaryIO, size: int, source: str) -> PrototypeStore:
+        """A version-1 store: a bare `.npz` of a JSON header (labels, counts) and the per-class sums."""
+        names = ["header", "sums"]
+        with _open_npz(_Window(f, 0, size), names, source, stored_only=False) as (zf, infos):
+            declared = sum(info.file_size for info in infos.values())
+            if declared > size + V1_SLACK_BYTES:  # a zip bomb: refused before anything is inflated
+                raise StoreError(f"{source} is a version-1 store whose arrays declare {declared} bytes in a {size}-byte "
+                                 "file; edgemeta wrote them uncompressed. Refused before inflating. Received: "
+                                 + ", ".join(f"{name} {info.file_size} B" for name, info in infos.items()))
+            text = _read_array(zf, infos, "header", None, (), source)
+            try:
+                header = json.loads(str(text[()]))
+            except (ValueError, RecursionError) as e:
+                raise StoreError(f"{source} is corrupt (version-1 store): its header does not parse ({str(e)[:200]}).") from e
+            if not isinstance(header, dict):
+                raise StoreError(f"{source} is corrupt (version-1 store): its header is not a JSON object. "
+                                 f"Received: {type(header).__name__}")
+            if header.get("format_version") != 1:
+                raise StoreError(f"{source}: unsupported store version. Received: {_show(header.get('format_version'))}")
+            for key in ("model_sha256", "labels", "counts"):
+                if key not in header:
+                    raise StoreError(f"{source} is corrupt (version-1 store): its header lacks {key!r}. "
+                                     f"Received keys: {sorted(map(str, header))[:20]}")
+            model_sha = _check_sha(header["model_sha256"], source)
+            labels = _check_labels(header["labels"], source)
+            counts = header["counts"]
+            if (not isinstance(counts, list) or len(counts) != len(labels)
+                    or not all(_is_int(c) and c >= 1 for c in counts)):
+                raise StoreError(f"{source} is corrupt (version-1 store): its header's 'counts' must be {len(labels)} "
+                                 f"integers >= 1, one per label. Received: {_show(counts)}")
+            sums = _read_array(zf, infos, "sums", np.dtype(np.float64), (len(labels), None), source)
+        bad = _first_nonfinite(sums)
+        if bad is not None:
+            raise StoreError(f"{source} is corrupt (version-1 store): 'sums' must be finite. Received: a NaN or "
+                             f"infinity in row {bad} (label {labels[bad]!r})")
+        n = len(labels)
+        store = cls(sums.shape[1], model_sha)
+        store._means = (sums / np.asarray(counts, np.float64)[:, None]).astype(np.float32)
+        store._scales, store._counts = np.zeros(n, np.float32), np.asarray(counts, np.int64)
+        store._last_used = np.arange(1, n + 1, dtype=np.int64)  # the order version 1's loader touched them in
+        store._support, store._clock = [[] for _ in labels], n
+        store._set_labels(labels)
         return store
 
     # -- internals -----------------------------------------------------------------------------
+    def _write_file(self, target: Path) -> None:
+        with atomic_writer(target) as f:
+            self.write_to(f)
+
+    def _header_parts(self, payload_bytes: int) -> tuple[bytes, bytes]:
+        """The header's JSON before and after the labels' items (`..."labels": [` and `], "clock": ...}`)."""
+        header = {"format": "edgemeta.store", "format_version": FORMAT_VERSION, "model_sha256": self.model_sha256,
+                  "embedding_size": self.embedding_size, "prototype_dtype": self.prototype_dtype,
+                  "keep_support": self.keep_support, "labels": [], "clock": self._clock, "payload_bytes": payload_bytes}
+        text = json.dumps(header)  # the only unescaped '"labels": [' in it: quotes inside strings are escaped
+        cut = text.index('"labels": [') + len('"labels": [')
+        return text[:cut].encode("ascii"), text[cut:].encode("ascii")
+
+    def _members(self) -> list[tuple[str, np.dtype, tuple[int, ...], Callable[[], Iterable[memoryview]]]]:
+        """The payload's arrays as (name, dtype, shape, their bytes in order), read from the store's memory."""
+        n, d = len(self._labels), self.embedding_size
+        members = [("means", self._means.dtype, (n, d), _whole(self._means[:n])),
+                   ("scales", self._scales.dtype, (n,), _whole(self._scales[:n])),
+                   ("counts", self._counts.dtype, (n,), _whole(self._counts[:n])),
+                   ("last_used", self._last_used.dtype, (n,), _whole(self._last_used[:n]))]
+        if self.keep_support is not None:
+            rows = np.fromiter(map(len, self._support), np.int64, count=n)
+            shapes = np.zeros((int(rows.sum()), 3), np.int64)  # each shot's shape, zero-padded to 3 axes
+            j, total = 0, 0
+            for shots in self._support:
+                for shot in shots:
+                    shape = np.shape(shot)
+                    shapes[j, : len(shape)] = shape
+                    j, total = j + 1, total + int(np.prod(shape))
+            dtype = SUPPORT_DTYPES[self.keep_support]
+            members += [("support_rows", rows.dtype, (n,), _whole(rows)),
+                        ("support_shapes", shapes.dtype, shapes.shape, _whole(shapes)),
+                        ("support_data", dtype, (total,), lambda: _shot_chunks(self._support, dtype))]
+        return members
+
+    def _set_labels(self, labels: list[str]) -> None:
+        self._labels = labels
+        self._index = {label: i for i, label in enumerate(labels)}
+        self._label_nbytes = sum(map(self.label_bytes, labels))
+        self._label_json = sum(map(_json_length, labels))
+
     def _append_row(self, label: str) -> int:
         i = len(self._labels)
         if i == len(self._means):  # grow by a quarter: amortised O(1) appends, little spare memory
@@ -360,6 +545,8 @@ class PrototypeStore:
         self._index[label] = i
         self._support.append([])
         self._counts[i] = self._last_used[i] = 0
+        self._label_nbytes += self.label_bytes(label)
+        self._label_json += _json_length(label)
         return i
 
     def _row(self, label: str) -> int:
@@ -381,6 +568,324 @@ class PrototypeStore:
             self._means[i] = mean
 
 
+def check_label(label: Any) -> str:
+    """`label` if it can name a class: a non-empty str of at most MAX_LABEL_CHARS characters, else ValueError."""
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"A label must be a non-empty string. Received: {_show(label)}")
+    if len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"A label is at most {MAX_LABEL_CHARS} characters (a name, not data). "
+                         f"Received: {len(label)} characters starting {label[:40]!r}")
+    return label
+
+
+# -- writing ---------------------------------------------------------------------------------------
+class _Stream:
+    """A write-only, unseekable stream into `out` (None: count only) that feeds `digest` what passes.
+    Unseekable, zipfile writes each member's sizes after its data instead of seeking back to patch
+    them, so the file is written, and hashed, front to back."""
+
+    def __init__(self, out: BinaryIO | None, digest: Any = None) -> None:
+        self.out, self.digest, self.position = out, digest, 0
+
+    def write(self, data: Any) -> int:
+        if self.out is not None:
+            self.out.write(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        size = memoryview(data).nbytes
+        self.position += size
+        return size
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_npz(stream: _Stream, members: list) -> int:
+    """Writes `members` as an uncompressed `.npz` (what np.savez writes, readable by np.load) into `stream`;
+    returns its length."""
+    import zipfile
+
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_STORED) as zf:  # type: ignore[arg-type]
+        for name, dtype, shape, chunks in members:
+            # A fixed time: the same store gives the same bytes, and a board whose clock says 1970 can save.
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                        "shape": tuple(int(s) for s in shape)})
+                for chunk in chunks():
+                    f.write(chunk)
+    return stream.position
+
+
+def _whole(array: np.ndarray) -> Callable[[], list[memoryview]]:
+    return lambda: [_bytes_of(array)]
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def _shot_chunks(support: list[list[Any]], dtype: np.dtype) -> Iterator[memoryview]:
+    """The kept shots' values, in order, as `dtype`: each shot's own memory, or (another dtype, not
+    contiguous) converted one first-axis slice at a time, never a whole copy."""
+    for shots in support:
+        for shot in shots:
+            array = np.asarray(shot)
+            if array.dtype == dtype and array.flags.c_contiguous:
+                yield _bytes_of(array)
+            else:
+                for part in array.reshape(1, -1) if array.ndim < 2 else array:
+                    yield _bytes_of(np.ascontiguousarray(part, dtype))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+class _Window(io.RawIOBase):
+    """`length` bytes of `f` from `start`, as a seekable read-only file: the zip reader's view of the payload."""
+
+    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
+        super().__init__()
+        self._f, self._start, self._length, self._position = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = (0, self._position, self._length)[whence] + offset
+        if position < 0:
+            raise OSError(f"seek to {position} before the payload's start")
+        self._position = position
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        size = max(0, min(len(buffer), self._length - self._position))
+        if not size:
+            return 0
+        self._f.seek(self._start + self._position)
+        got = self._f.readinto(memoryview(buffer)[:size]) or 0
+        self._position += got
+        return got
+
+
+def _verify_checksum(f: BinaryIO, size: int, source: str) -> None:
+    """Compares the file's last 32 bytes with the sha256 of the rest, read in CHUNK_BYTES pieces."""
+    digest, remaining = sha256(), size - 32
+    view = memoryview(bytearray(min(CHUNK_BYTES, max(remaining, 1))))
+    f.seek(0)
+    while remaining > 0:
+        got = f.readinto(view[: min(len(view), remaining)])
+        if not got:
+            break
+        digest.update(view[:got])
+        remaining -= got
+    if remaining or f.read(32) != digest.digest():
+        raise StoreError(f"{source} is corrupt: its contents do not match its checksum "
+                         f"(Received {size} bytes; truncated or damaged).")
+
+
+class _open_npz:
+    """`with _open_npz(file, names, source, stored_only) as (zip, {name: info})`: the payload's zip, its
+    members checked to be exactly `names` (`.npy` each), and with `stored_only` uncompressed, before any is
+    read. Any zip or npy failure inside the block is a StoreError."""
+
+    def __init__(self, file: _Window, names: list[str], source: str, stored_only: bool) -> None:
+        self.file, self.names, self.source, self.stored_only = file, names, source, stored_only
+        self.zip: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+        import zipfile
+
+        try:
+            # The end record first: its entry count and directory size bound what zipfile will parse.
+            self.file.seek(-22, 2)
+            end = self.file.read(22)
+            if end[:4] != b"PK\x05\x06":
+                raise StoreError(f"{self.source} is corrupt: its arrays are not an .npz archive. Received: no zip end "
+                                 "record at the end of the payload")
+            entries, directory = struct.unpack("<HI", end[10:16])
+            if entries != len(self.names) or directory > 1024 * len(self.names):
+                raise StoreError(f"{self.source} is corrupt: its arrays must be {len(self.names)} members "
+                                 f"{self.names}. Received: {entries} members in a {directory}-byte directory")
+            self.zip = zipfile.ZipFile(self.file)
+            infos = {info.filename.removesuffix(".npy"): info for info in self.zip.infolist()}
+        except StoreError:
+            raise
+        except Exception as e:  # a damaged zip fails in many ways inside zipfile
+            raise StoreError(f"{self.source} is corrupt: its arrays do not read ({type(e).__name__}: {e})") from e
+        if sorted(infos) != sorted(self.names) or len(infos) != len(self.zip.infolist()):
+            raise StoreError(f"{self.source} is corrupt: its arrays must be {self.names}. "
+                             f"Received: {[i.filename for i in self.zip.infolist()]}")
+        for name, info in infos.items():
+            if self.stored_only and (info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size):
+                raise StoreError(f"{self.source} is corrupt: array {name!r} is compressed (edgemeta stores them "
+                                 f"uncompressed). Received: compression {info.compress_type}, {info.compress_size} B "
+                                 f"for {info.file_size} B")
+        return self.zip, infos
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        if self.zip is not None:
+            self.zip.close()
+        if error is not None and isinstance(error, Exception) and not isinstance(error, StoreError):
+            raise StoreError(f"{self.source} is corrupt: its arrays do not read ({type(error).__name__}: "
+                             f"{str(error)[:200]})") from error
+        return False
+
+
+def _read_array(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], name: str, dtype: np.dtype | None,
+                shape: tuple[int | None, ...], source: str) -> np.ndarray:
+    """Member `name` as an array, after its npy header was checked against `dtype` (None: any str dtype,
+    version 1's header) and `shape` (None: any size up to MAX_EMBEDDING_SIZE) and its data size against
+    the member's: no allocation before that, nothing unpickled (only plain dtypes pass), read in chunks."""
+    info = infos[name]
+    with zf.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise StoreError(f"{source} is corrupt: array {name!r} is npy version {version}. Received: expected 1.0 or 2.0")
+        got_shape, fortran, got_dtype = read(member)
+        want_dtype = got_dtype if dtype is None and got_dtype.kind == "U" else dtype
+        shape_ok = len(got_shape) == len(shape) and all(
+            (1 <= g <= MAX_EMBEDDING_SIZE) if w is None else g == w for g, w in zip(got_shape, shape))
+        if got_dtype != want_dtype or not shape_ok:
+            expected = "a str" if dtype is None else str(dtype)
+            wanted = ", ".join("D" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+            raise StoreError(f"{source} is corrupt: array {name!r} must be {expected} of shape ({wanted}) (from the "
+                             f"header's labels). Received: {got_dtype} of shape {got_shape}")
+        needed = int(np.prod(got_shape, dtype=np.float64)) * got_dtype.itemsize
+        if needed > info.file_size:
+            raise StoreError(f"{source} is corrupt: array {name!r} needs {needed} bytes. "
+                             f"Received: a {info.file_size}-byte member")
+        array = np.empty(got_shape, got_dtype, order="F" if fortran else "C")
+        view = memoryview((array.T if fortran else array).reshape(-1).view(np.uint8))
+        position = 0
+        while position < len(view):
+            chunk = member.read(min(CHUNK_BYTES, len(view) - position))
+            if not chunk:
+                raise StoreError(f"{source} is corrupt: array {name!r} is truncated. Received: {position} of {len(view)} bytes")
+            view[position : position + len(chunk)] = chunk
+            position += len(chunk)
+        if member.read(1):  # also lets zipfile check the member's CRC
+            raise StoreError(f"{source} is corrupt: array {name!r} has bytes beyond its shape {got_shape}.")
+    return np.ascontiguousarray(array) if fortran else array  # (ascontiguousarray makes a 0-d array 1-d)
+
+
+def _read_support(zf: zipfile.ZipFile, infos: dict, keep: str, n: int, embedding_size: int, size: int,
+                  source: str) -> list[list[np.ndarray]]:
+    """The kept shots, each a view of the one data array, after rows, shapes and data were checked to agree."""
+    rows = _read_array(zf, infos, "support_rows", np.dtype(np.int64), (n,), source)
+    if n and rows.min() < 0:
+        raise StoreError(f"{source} is corrupt: 'support_rows' must be >= 0. Received: {int(rows.min())}")
+    shots = int(rows.sum(dtype=np.float64)) if n else 0
+    if shots > size:  # each shot takes bytes of the file
+        raise StoreError(f"{source} is corrupt: 'support_rows' counts {shots} shots in a {size}-byte file.")
+    shapes = _read_array(zf, infos, "support_shapes", np.dtype(np.int64), (shots, 3), source)
+    positive = shapes > 0
+    if keep == "embeddings":
+        valid = (shapes[:, 0] == embedding_size) & (shapes[:, 1] == 0) & (shapes[:, 2] == 0)
+        what = f"[{embedding_size}, 0, 0] (an embedding)"
+    else:  # an image: (H, W) or (H, W, C)
+        valid = positive[:, 0] & positive[:, 1] & (shapes[:, 2] >= 0)
+        what = "[H, W, 0] or [H, W, C] (an image)"
+    if not valid.all():
+        j = int(np.argmin(valid))
+        raise StoreError(f"{source} is corrupt: 'support_shapes' row {j} must be {what}. Received: {shapes[j].tolist()}")
+    sizes = np.where(positive, shapes, 1).astype(np.float64).prod(1)
+    if sizes.sum() > size:
+        raise StoreError(f"{source} is corrupt: 'support_shapes' add up to {sizes.sum():.0f} values in a {size}-byte file.")
+    data = _read_array(zf, infos, "support_data", SUPPORT_DTYPES[keep], (int(sizes.sum()),), source)
+    if keep == "embeddings" and _first_nonfinite(data) is not None:
+        raise StoreError(f"{source} is corrupt: 'support_data' (kept embeddings) must be finite. Received: a NaN or infinity")
+    return _unflatten_support(rows, shapes, data)
+
+
+def _check_header(header: dict[str, Any], source: str) -> tuple[int, str, str, str | None, list[str], int]:
+    """(embedding_size, model_sha256, prototype_dtype, keep_support, labels, clock) of a version-2 header,
+    each checked; StoreError naming the first field that is missing or wrong."""
+    missing = [key for key in HEADER_KEYS if key not in header]
+    if missing:
+        raise StoreError(f"{source} is corrupt: its header lacks {missing}. Received keys: {sorted(map(str, header))[:20]}")
+    if header["format"] != "edgemeta.store":
+        raise _field_error(source, "format", "'edgemeta.store'", header["format"])
+    sha = _check_sha(header["model_sha256"], source)
+    size = header["embedding_size"]
+    if not _is_int(size) or not 1 <= size <= MAX_EMBEDDING_SIZE:
+        raise _field_error(source, "embedding_size", f"an integer from 1 to {MAX_EMBEDDING_SIZE}", size)
+    dtype, keep = header["prototype_dtype"], header["keep_support"]
+    if not isinstance(dtype, str) or dtype not in PROTOTYPE_DTYPES:
+        raise _field_error(source, "prototype_dtype", f"one of {PROTOTYPE_DTYPES}", dtype)
+    if not (keep is None or isinstance(keep, str)) or keep not in KEEP_SUPPORT:
+        raise _field_error(source, "keep_support", f"one of {KEEP_SUPPORT}", keep)
+    labels = _check_labels(header["labels"], source)
+    clock = header["clock"]
+    if not _is_int(clock) or clock < 0:
+        raise _field_error(source, "clock", "an integer >= 0", clock)
+    if not _is_int(header["payload_bytes"]):
+        raise _field_error(source, "payload_bytes", "an integer", header["payload_bytes"])
+    return size, sha, dtype, keep, labels, clock
+
+
+def _check_sha(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        raise _field_error(source, "model_sha256", "the model's sha256 as 64 lowercase hex digits", value)
+    return value
+
+
+def _check_labels(labels: Any, source: str) -> list[str]:
+    if not isinstance(labels, list):
+        raise _field_error(source, "labels", "a list of strings", labels)
+    for i, label in enumerate(labels):
+        try:
+            check_label(label)
+        except ValueError as e:
+            raise StoreError(f"{source} is corrupt: its header's 'labels' item {i}: {e}") from None
+    if len(set(labels)) != len(labels):
+        seen: set[str] = set()
+        twice = next(label for label in labels if label in seen or seen.add(label))
+        raise StoreError(f"{source} is corrupt: its header's 'labels' must be unique. Received: {twice!r} twice or more")
+    return labels
+
+
+def _check_values(means: np.ndarray, scales: np.ndarray, counts: np.ndarray, last_used: np.ndarray,
+                  labels: list[str], dtype: str, source: str) -> None:
+    """The rows' values: finite means and scales (positive for int8), counts >= 1, last uses >= 0."""
+    checks = [("counts", counts, counts >= 1, "integers >= 1 (a class has a shot)"),
+              ("last_used", last_used, last_used >= 0, "integers >= 0")]
+    if dtype == "int8":
+        checks.append(("scales", scales, np.isfinite(scales) & (scales > 0), "finite and > 0 (int8 rows' scales)"))
+    else:
+        checks.append(("scales", scales, np.isfinite(scales), "finite"))
+    for name, values, ok, what in checks:
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise StoreError(f"{source} is corrupt: {name!r} must be {what}. Received: {values[i]} for label {labels[i]!r}")
+    bad = _first_nonfinite(means) if dtype == "float32" else None
+    if bad is not None:
+        raise StoreError(f"{source} is corrupt: 'means' must be finite. Received: a NaN or infinity in the "
+                         f"prototype of label {labels[bad]!r}")
+
+
+def _first_nonfinite(array: np.ndarray) -> int | None:
+    """The first row of `array` holding a NaN or an infinity (None: all finite), checked a chunk at a time."""
+    if not len(array):
+        return None
+    step = max(1, CHUNK_BYTES // max(1, array[0].nbytes))
+    for start in range(0, len(array), step):
+        block = np.isfinite(array[start : start + step]).reshape(min(step, len(array) - start), -1).all(1)
+        if not block.all():
+            return start + int(np.argmin(block))
+    return None
+
+
 def _unflatten_support(rows: np.ndarray, shapes: np.ndarray, data: np.ndarray) -> list[list[np.ndarray]]:
     out, offset, k = [], 0, 0
     for n in rows:
@@ -394,5 +899,23 @@ def _unflatten_support(rows: np.ndarray, shapes: np.ndarray, data: np.ndarray) -
     return out
 
 
+def _field_error(source: str, field: str, expected: str, value: Any) -> StoreError:
+    return StoreError(f"{source} is corrupt: its header's {field!r} must be {expected}. Received: {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """`value` for a message: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '…' if len(text) > 80 else text}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_length(label: str) -> int:
+    return len(json.dumps(label))
+
+
 def _shot_bytes(shot: Any) -> int:
-    return np.asarray(shot).nbytes + 100  # the array and its object header
+    return np.asarray(shot).nbytes + SHOT_OBJECT_BYTES
