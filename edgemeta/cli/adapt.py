@@ -29,13 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgemeta.profiles import BOARD_BATCH
     from edgemeta.runtime import FewShotAdapter
     from edgemeta.runtime.threshold import parse_threshold
 
     threshold = parse_threshold(args.unknown_threshold)
     # Only a run that changes the store writes it: classifying and listing read it beside a running writer.
     options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget,
-               "read_only": not (args.support or args.forget)}
+               "read_only": not (args.support or args.forget), "max_batch": BOARD_BATCH}  # device check's batch
     with (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
           else FewShotAdapter.from_preset(args.preset, **options)) as adapter:
         return _run(args, adapter)
@@ -51,6 +52,11 @@ def _run(args: argparse.Namespace, adapter: Any) -> int:
     for label in args.forget:
         adapter.forget(label)
         print(f"forgot {label!r}", file=sys.stderr)
+    if args.images and not adapter.labels:
+        where = f"in {args.state}" if args.state else "(no --state given: nothing is kept between runs)"
+        raise ValueError(f"No classes enrolled {where}: teach some first, e.g. `edgemeta adapt --preset omniglot "
+                         f"--support FOLDER --state FILE` (one sub-folder of images per class). "
+                         f"Received: {len(args.images)} image(s) to classify")
     if args.images:
         for path, p in zip(args.images, adapter.classify(args.images)):
             if args.json:

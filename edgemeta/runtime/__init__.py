@@ -6,6 +6,7 @@ Needs numpy, Pillow and a TFLite interpreter (ai-edge-litert, else tflite_runtim
 from edgemeta.runtime.adapter import FewShotAdapter, MemoryBudgetError, Prediction
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.interpreter import interpreter_class
-from edgemeta.runtime.store import PrototypeStore, StoreError
+from edgemeta.runtime.store import PrototypeStore, StoreError, StoreLockedError, StoreReadOnlyError
 
-__all__ = ["Embedder", "FewShotAdapter", "MemoryBudgetError", "Prediction", "PrototypeStore", "StoreError", "interpreter_class"]
+__all__ = ["Embedder", "FewShotAdapter", "MemoryBudgetError", "Prediction", "PrototypeStore", "StoreError",
+           "StoreLockedError", "StoreReadOnlyError", "interpreter_class"]

@@ -79,8 +79,9 @@ class FewShotAdapter:
         keep_support: None, "embeddings" (for `fit_head`) or "images" (to re-enroll under a new model).
         max_batch: images per interpreter call; bounds the activation memory.
         max_pixels: the largest image accepted, in pixels (default: the bundle's,
-            `edgemeta.format.images.max_pixels_for`); checked on a file's header before it is decoded,
-            and set aside in the memory budget (converting an image takes ~30 bytes per pixel).
+            `edgemeta.format.images.max_pixels_for`; with a memory budget, at most `BOARD_MAX_PIXELS`);
+            checked on a file's header before it is decoded, and set aside in the memory budget
+            (converting an image takes ~30 bytes per pixel).
         read_only: load `state` without taking its lock (beside a running writer, e.g. the service);
             `enroll`, `forget` and saving over `state` then raise `StoreReadOnlyError`.
     """
@@ -103,6 +104,10 @@ class FewShotAdapter:
             if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
                 raise ValueError(f"max_pixels must be a positive integer. Received: {max_pixels!r}")
             embedder.max_pixels = max_pixels
+        elif memory_budget is not None:  # 4 MiP would set 120 MB aside: more than a small board's whole budget
+            from edgemeta.profiles import BOARD_MAX_PIXELS
+
+            embedder.max_pixels = min(embedder.max_pixels, BOARD_MAX_PIXELS)
         self.on_full = on_full
         self._lock = threading.RLock()
         self._head = None  # a SoftmaxHead fitted on the current classes (fit_head), else None

@@ -7,13 +7,14 @@ Used by `FewShotAdapter` (a budget enforced while enrolling: `MemoryBudget`) and
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemeta.runtime.index import CLASS_BLOCK, CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
-from edgemeta.runtime.store import LABEL_BYTES, ROW_OBJECT_BYTES
+from edgemeta.runtime.store import ROW_OBJECT_BYTES
 
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest
@@ -71,15 +72,24 @@ def classify_buffer_bytes(embedding_size: int, prototype_dtype: str) -> int:
 
 
 def class_bytes(store: PrototypeStore, batch: int = 0) -> int:
-    """What the enrolled classes hold: the store, what classify keeps per class between calls, and (with
+    """What the enrolled classes hold: the store (labels at their real size), the transient peak of
+    saving or loading it (`persist_peak_bytes`), what classify keeps per class between calls, and (with
     `batch`, the queries classify compares at once) its `(batch, classes)` float64 arrays."""
-    return store.nbytes() + (CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch) * len(store)
+    return store.nbytes() + store.persist_peak_bytes() + (CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch) * len(store)
+
+
+def persist_bytes_per_class(shots: int, keeps_support: bool) -> int:
+    """What one more class of a typical label (`LABEL_BYTES`' 16 characters) adds to a store's
+    `persist_peak_bytes`: twice its label's JSON, a byte, and 80 B per kept shot; for the plan."""
+    return 2 * (len(json.dumps("x" * 16)) + 2) + 1 + (80 * shots if keeps_support else 0)
 
 
 def evicted_bytes(store: PrototypeStore, label: str, batch: int = 0) -> int:
     """What forgetting `label` gives back: its label, row objects, kept shots, classify's entry and its
-    columns. Its array row stays, as a spare (the arrays do not shrink on remove)."""
-    return LABEL_BYTES + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch + store.support_bytes(label)
+    columns. Its array row stays, as a spare (the arrays do not shrink on remove); what it took of the
+    save's transient peak is not counted (a few bytes: evicting errs on the side of one class more)."""
+    return (store.label_bytes(label) + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch
+            + store.support_bytes(label))
 
 
 class MemoryBudget:

@@ -14,7 +14,8 @@ The prediction is a sum of parts, each either measured once or computed from the
   largest set of tensors alive at once.
 - `working`: the transient arrays of one call (raw and preprocessed images, the distance matrix), for
   images of the size the bundle's manifest expects (`edgemeta.runtime.budget.working_set_bytes`).
-- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), and what classify keeps
+- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), what saving or loading it
+  holds transiently (`persist`, and per class `budget.persist_bytes_per_class`), and what classify keeps
   per class between calls (a squared norm, a label slot).
 - `block`: classify's float64 copy of the prototypes, kept for up to `RESIDENT_CLASSES` classes.
 - `request`: what one request may take beyond `working`: converting the largest image the adapter accepts
@@ -41,8 +42,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgemeta.runtime.budget import PIXEL_BYTES, classify_buffer_bytes, raw_image_bytes, working_set_bytes
+from edgemeta.runtime.budget import (
+    PIXEL_BYTES,
+    classify_buffer_bytes,
+    persist_bytes_per_class,
+    raw_image_bytes,
+    working_set_bytes,
+)
 from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+from edgemeta.runtime.store import PERSIST_FIXED_BYTES
 
 if TYPE_CHECKING:
     from edgemeta.format.bundle import Manifest
@@ -127,6 +135,7 @@ class MemoryPlan:
     runtime_measured_on: str
     request: int = 0
     runtime_anonymous: int = 0
+    persist: int = PERSIST_FIXED_BYTES  # saving or loading the store: its fixed part (per class: in per_class)
 
     @property
     def fixed(self) -> int:
@@ -148,11 +157,11 @@ class MemoryPlan:
 
     def predict(self, classes: int) -> int:
         """Peak resident memory with `classes` enrolled classes."""
-        return self.fixed + self.block * min(classes, RESIDENT_CLASSES) + classes * self.per_class_peak
+        return self.fixed + self.persist + self.block * min(classes, RESIDENT_CLASSES) + classes * self.per_class_peak
 
     def max_classes(self, budget_bytes: int) -> int:
         """How many classes fit in `budget_bytes` (0 when even the model does not)."""
-        return max(0, (budget_bytes + self.for_classes_at_most) // self.per_class_peak)
+        return max(0, (budget_bytes + self.for_classes_at_most - self.persist) // self.per_class_peak)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,7 +204,8 @@ def plan_for(manifest: Manifest, model_size: int, arena: int, batch: int, shots:
     runtime = runtime or runtime_overhead()
     return MemoryPlan(runtime=runtime.total, model=2 * model_size, arena=arena,
                       working=working_set_bytes(manifest, batch),
-                      per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest)), batch=batch,
+                      per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest))
+                      + persist_bytes_per_class(shots, keep_support is not None), batch=batch,
                       runtime_measured_on=runtime.machine,
                       # classify's buffers, spread over the RESIDENT_CLASSES classes they are kept for
                       block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype) // RESIDENT_CLASSES,

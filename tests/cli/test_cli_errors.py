@@ -10,7 +10,7 @@ from PIL import Image
 
 from edgemeta.cli import WORKSTATION_MODULES, _error
 from edgemeta.presets import preset_path
-from tests.harness import cli_in_process, run_python
+from tests.harness import cli_in_process, run_cli, run_python
 
 
 def test_a_data_dir_without_a_dataset_that_reads_it_is_an_error(tmp_path):
@@ -110,3 +110,12 @@ def test_an_error_of_several_lines_is_printed_as_one(capsys):
     assert _error("export", "edgetpu_compiler failed (exit 1). Received output:\nline one\n\n  line two\n") == 2
     expected = "edgemeta export: error: edgetpu_compiler failed (exit 1). Received output: | line one | line two\n"
     assert capsys.readouterr().err == expected
+
+
+def test_adapt_with_nothing_enrolled_says_what_to_run(tmp_path):
+    image = tmp_path / "q.png"
+    Image.new("L", (105, 105), 255).save(image)
+    result = run_cli("adapt", "--preset", "omniglot", str(image))
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("INFO:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "No classes enrolled" in lines[0] and "--support FOLDER --state FILE" in lines[0] and "enroll(" not in lines[0]

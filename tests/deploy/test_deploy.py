@@ -232,6 +232,7 @@ def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_pat
     taught = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store", keep_support="images")
     for label, images in classes.items():
         taught.enroll(label, images)
+    taught.close()  # the board's adapter stops (--before-switch) and lets go of the state's writer lock
     # The adapter saves its store as it stops (new bytes: the last-use clock moved), so the deploy must
     # read the store after --before-switch, else its "store changed meanwhile" check would refuse.
     at_exit = PrototypeStore.load(board / "state" / "taught.store")

@@ -256,3 +256,19 @@ def test_classify_compares_at_most_max_batch_queries_at_once(digits_run):
     assert [(p.label, p.nearest) for p in together] == [(p.label, p.nearest) for p in alone]
     # BLAS sums a (3, D) and a (1, D) product in different orders: equal to rounding
     np.testing.assert_allclose([(p.distance, p.score) for p in together], [(p.distance, p.score) for p in alone], rtol=1e-9)
+
+
+def test_long_labels_count_at_their_size(digits_run):
+    """Labels were counted at a fixed ~120 B: 150 labels of 1 MiB went in under a 96 MB budget while RSS
+    reached 202 MiB. Now a label costs what its str object takes (and labels are capped at 1024 characters)."""
+    bundle = digits_run["bundles"]["int8"]
+    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, memory_budget=_fixed_bytes(bundle, max_batch=1) + 2 * MB)
+    room = adapter._budget.for_classes - class_bytes(adapter.store, 1)
+    image = blank_with_square(lo=10, hi=60)
+    with pytest.raises(MemoryBudgetError):
+        for c in range(10_000):
+            adapter.enroll(f"{c:05d}" + "é" * 1000, image)  # ~2 KB each as a str (2 bytes per character)
+    assert len(adapter.labels) <= room // 2000, (len(adapter.labels), room)
+    assert class_bytes(adapter.store, 1) <= adapter._budget.for_classes
+    with pytest.raises(ValueError, match="1024"):
+        adapter.enroll("x" * 2**20, image)
