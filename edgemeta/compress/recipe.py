@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,23 @@ class CompressionRecipe:
 
     def __post_init__(self) -> None:
         def bad(what: str, expected: str) -> ValueError:
-            return ValueError(f"{what} must be {expected}. Received: {getattr(self, what)!r}")
+            value = getattr(self, what)
+            return ValueError(f"{what} must be {expected}. Received: {value!r} ({type(value).__name__})")
+
+        # Types first: a config file's "0.75" or true would otherwise fail in a comparison, with no field named.
+        for name in ("structured", "qat", "separable"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        for name in ("prune", "distill_width", "learning_rate", "distill_learning_rate", "geometry_weight"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise bad(name, "a finite number")
+        for name in ("cluster", "steps", "prune_steps", "distill_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise bad(name, "an integer")
+        if not isinstance(self.quantization, str):
+            raise bad("quantization", f"one of {QUANTIZATIONS}")
 
         if self.prune is not None and not 0 < self.prune < 1:
             raise bad("prune", "a sparsity in (0, 1), e.g. 0.75")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -260,3 +261,12 @@ def test_cli_composes_a_recipe_from_flags(digits_run, tmp_path):
     bad = cli_in_process("compress", digits_run["run"], "--out", tmp_path / "x", "--prune", "2")
     assert bad.returncode == 2 and "Received: 2.0" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("field, value, expected", [("prune", "0.75", "prune must be a finite number. Received: '0.75' (str)"),
+                                                     ("qat", "yes", "qat must be true or false"),
+                                                     ("steps", 10.0, "steps must be an integer. Received: 10.0 (float)"),
+                                                     ("learning_rate", float("nan"), "learning_rate must be a finite number")])
+def test_a_config_value_of_the_wrong_type_names_its_field(field, value, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        CompressionRecipe(**{field: value})
