@@ -183,3 +183,17 @@ def test_odd_entries_on_a_real_board_are_ignored_and_deploys_still_succeed(serve
     [back] = dp.rollback([server.url(board)], ssh=ssh, log=None)
     assert back.ok and back.version == results[-2].version, back.message
     assert "ignored 10 entries" in back.message
+
+
+def test_the_switch_script_refuses_to_replace_a_store_a_running_adapter_writes(tmp_path):
+    from edgemeta.runtime.lock import StoreLock
+
+    root = board_with_odd_entries(tmp_path / "board")
+    (root / "state").mkdir(exist_ok=True)
+    store = root / "state" / "taught.store"
+    store.write_bytes(b"what the running adapter taught")
+    board = LocalBoard(root)
+    with StoreLock.acquire(store):  # as a running service holds it
+        with pytest.raises(dp.DeployError, match=rf"a running adapter \(PID {os.getpid()}\) still writes"):
+            board.run(dp.script("switch"), str(root), "rollback", V2, V1, "replace", "", "", "", "test", "", "")
+    assert os.readlink(root / "current") == f"versions/{V1}" and store.read_bytes() == b"what the running adapter taught"

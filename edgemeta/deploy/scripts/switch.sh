@@ -53,6 +53,12 @@ now=
 if [ -L current ]; then now=$(readlink current); now=${now#versions/}; fi
 [ "$now" = "$old" ] || fail "current changed during the $action (it is now '${now}', was '${old}'): another deploy? Nothing was switched; re-run"
 if [ "$store_action" != keep ]; then
+  # The adapter writing the store holds an flock on its lock file (edgemeta.runtime.lock): a store replaced
+  # under it would be overwritten by its next save. flock(1) is util-linux's, on every Raspberry Pi OS.
+  if [ -f state/taught.store.lock ] && command -v flock >/dev/null 2>&1 && ! flock -n state/taught.store.lock true; then
+    holder=$(head -c 32 state/taught.store.lock | tr -cd 0-9)
+    fail "a running adapter (PID ${holder:-unknown}) still writes the board's store; stop it first (--before-switch); nothing was switched"
+  fi
   live=
   if [ -f state/taught.store ]; then live=$(sha256sum state/taught.store | cut -d ' ' -f 1); fi
   [ "$live" = "$store_sha" ] || fail "the board's store changed during the $action (a class enrolled meanwhile?); nothing was switched; re-run"
