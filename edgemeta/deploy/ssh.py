@@ -105,7 +105,10 @@ class SSHOptions:
 def script(name: str) -> str:
     """The text of `scripts/<name>.sh` (package data): a POSIX sh script for `Board.run`, its arguments
     in $1, $2, ..."""
-    return (resources.files(__package__) / "scripts" / f"{name}.sh").read_text(encoding="utf-8")
+    scripts = resources.files(__package__) / "scripts"
+    text = (scripts / f"{name}.sh").read_text(encoding="utf-8")
+    # One script is one string sent over SSH: shared functions are put in, not sourced on the board.
+    return text.replace("# include names.sh\n", (scripts / "names.sh").read_text(encoding="utf-8"))
 
 
 class Board:

@@ -14,7 +14,6 @@ from edgemeta import deploy as dp
 from edgemeta.deploy.ssh import _parse_lines
 from edgemeta.deploy.state import BoardState, is_version_id, new_version_id, to_prune
 from edgemeta.presets import preset_path
-from tests.deploy import sshd as sshd_helper
 
 PRESET = Path(preset_path("omniglot"))
 V1, V2, V3 = "20260101T000000Z-e82902fc6d6a", "20260102T000000Z-e82902fc6d6a", "20260102T000000Z-e82902fc6d6a-2"
@@ -142,17 +141,6 @@ def test_the_switch_script_refuses_to_prune_a_name_it_did_not_make(tmp_path):
         board.run(dp.script("switch"), str(root), "rollback", "has space", V1, "keep", "", "", "", "test", "", "")
     out = board.run(dp.script("switch"), str(root), "rollback", V2, V1, "keep", "", "", "", "test", "", "")
     assert out["switched"] == [V2] and os.readlink(root / "current") == f"versions/{V2}"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A private sshd on a free loopback port (openssh-server installed with apt first when missing)."""
-    reason = sshd_helper.ensure_sshd()
-    if reason:
-        pytest.skip(reason)
-    srv = sshd_helper.start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield srv
-    srv.stop()
 
 
 def test_odd_entries_on_a_real_board_are_ignored_and_deploys_still_succeed(server, tmp_path):

@@ -50,15 +50,6 @@ print("REPORT " + json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def no_tensorflow(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("block_tf")
-    for name in ("tensorflow", "tf_keras", "keras"):
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked: the board has none')\n")
-    return root
-
-
-@pytest.fixture(scope="module")
 def big_png(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bomb") / "big.png"
     Image.new("L", (9000, 9000)).save(path)  # 81 megapixels in about 79 KB

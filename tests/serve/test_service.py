@@ -28,16 +28,6 @@ TOKEN = "s3cret-token-for-the-service-test"
 
 
 @pytest.fixture(scope="module")
-def no_tensorflow(tmp_path_factory) -> Path:
-    """A PYTHONPATH entry whose tensorflow/keras packages refuse to import: the service must not need them."""
-    root = tmp_path_factory.mktemp("block_tf")
-    for name in ("tensorflow", "tf_keras", "keras"):
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked: the board has none')\n")
-    return root
-
-
-@pytest.fixture(scope="module")
 def bundle(digits_run) -> Path:
     return Path(digits_run["bundles"]["int8"])
 

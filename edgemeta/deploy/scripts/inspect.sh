@@ -9,16 +9,7 @@
 # output, and is otherwise left alone: never cleaned, listed or pruned.
 set -eu
 root=$1 mode=$2
-d='[0123456789]' x='[0123456789abcdef]'
-# is_version NAME: whether NAME is YYYYMMDDTHHMMSSZ-<12 hex>[-N], as new_version_id makes it.
-is_version() {
-  case $1 in
-    $d$d$d$d$d$d$d$d"T"$d$d$d$d$d$d"Z-"$x$x$x$x$x$x$x$x$x$x$x$x) return 0 ;;
-    $d$d$d$d$d$d$d$d"T"$d$d$d$d$d$d"Z-"$x$x$x$x$x$x$x$x$x$x$x$x-*) is_version_rest=${1#*Z-????????????-} ;;
-    *) return 1 ;;
-  esac
-  case $is_version_rest in ''|*[!0123456789]*) return 1 ;; esac
-}
+# include names.sh
 hex() { printf '%s' "$1" | od -An -v -tx1 | tr -d ' \n'; }
 if [ "$mode" != status ]; then mkdir -p -- "$root/versions" "$root/state"; fi
 if ! cd -- "$root" 2>/dev/null; then echo "root="; exit 0; fi

@@ -17,17 +17,7 @@ fail() {
   if [ -n "$restart" ]; then sh -c "$restart" >&2 || true; fi
   exit 3
 }
-d='[0123456789]' x='[0123456789abcdef]'
-# is_version NAME: the test of inspect.sh. Only such names are switched to or pruned: a name from anywhere
-# else (a crafted listing, a hand-made directory) must not reach `rm -rf`.
-is_version() {
-  case $1 in
-    $d$d$d$d$d$d$d$d"T"$d$d$d$d$d$d"Z-"$x$x$x$x$x$x$x$x$x$x$x$x) return 0 ;;
-    $d$d$d$d$d$d$d$d"T"$d$d$d$d$d$d"Z-"$x$x$x$x$x$x$x$x$x$x$x$x-*) is_version_rest=${1#*Z-????????????-} ;;
-    *) return 1 ;;
-  esac
-  case $is_version_rest in ''|*[!0123456789]*) return 1 ;; esac
-}
+# include names.sh
 if [ -n "$old" ] && ! is_version "$old"; then fail "the current version is not one deploy named; nothing was switched"; fi
 for v in "$@"; do
   is_version "$v" || fail "refusing to prune an entry deploy did not name; nothing was switched"
