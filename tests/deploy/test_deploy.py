@@ -248,7 +248,7 @@ def test_model_upgrade_keeps_twenty_classes(server, bundles, digits_run, tmp_pat
     fresh = FewShotAdapter(Embedder.from_bundle(bundles["new"]), unknown_threshold=None)
     for label, images in classes.items():
         fresh.enroll(label, images)
-    upgraded = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store",
+    upgraded = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store", read_only=True,
                                           unknown_threshold=None)
     labels, protos = upgraded.prototypes()
     fresh_labels, fresh_protos = fresh.prototypes()
@@ -284,6 +284,7 @@ def test_upgrade_without_kept_images_needs_drop_classes(server, bundles, digits_
     taught = FewShotAdapter.from_bundle(board / "current", state=board / "state" / "taught.store")  # no images kept
     for label, images in list(_twenty_classes(digits_run).items())[:3]:
         taught.enroll(label, images)
+    taught.close()  # the board's adapter is stopped for the deploy
     before = (board / "state" / "taught.store").read_bytes()
     listing = sorted(p.name for p in (board / "versions").iterdir())
 

@@ -62,7 +62,7 @@ def _fixed_bytes(bundle, **options) -> int:
 
 def test_enrolling_past_the_budget_raises_and_changes_nothing(digits_run, tmp_path):
     state = tmp_path / "taught.store"
-    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4}
+    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4, "max_pixels": 2**20}
     adapter = FewShotAdapter.from_bundle(bundle, state=state, **options,
                                          memory_budget=_fixed_bytes(bundle, **options) + 2 * MB)
     shots = [blank_with_square(lo=10 + i, hi=60 + i) for i in range(5)]  # 5 x 11 KB kept per class
@@ -96,7 +96,7 @@ def test_a_refused_enrollment_gives_back_the_rows_it_grew(digits_run, tmp_path):
 
 
 def test_evict_mode_forgets_the_least_recently_used_class(digits_run):
-    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4}
+    bundle, options = digits_run["bundles"]["int8"], {"keep_support": "images", "max_batch": 4, "max_pixels": 2**20}
     adapter = FewShotAdapter.from_bundle(bundle, **options, memory_budget=_fixed_bytes(bundle, **options) + 2 * MB,
                                          on_full="evict")
     shots = [blank_with_square(lo=10 + i, hi=60 + i) for i in range(5)]
@@ -116,8 +116,8 @@ def test_evict_mode_stays_within_the_budget_when_rows_are_all_a_class_holds(digi
     leaves the row as a spare (arrays do not shrink on remove), so counting the row as freed let the
     store creep over its budget, by a row per eviction."""
     bundle = digits_run["bundles"]["int8"]
-    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, on_full="evict",
-                                         memory_budget=_fixed_bytes(bundle, max_batch=1) + 2 * MB)
+    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, max_pixels=2**20, on_full="evict",
+                                         memory_budget=_fixed_bytes(bundle, max_batch=1, max_pixels=2**20) + 2 * MB)
     fits = adapter._budget.for_classes // adapter.store.bytes_per_class(0)
     assert 100 < fits < 20_000, fits
     image, over = blank_with_square(lo=10, hi=60), []
@@ -262,7 +262,8 @@ def test_long_labels_count_at_their_size(digits_run):
     """Labels were counted at a fixed ~120 B: 150 labels of 1 MiB went in under a 96 MB budget while RSS
     reached 202 MiB. Now a label costs what its str object takes (and labels are capped at 1024 characters)."""
     bundle = digits_run["bundles"]["int8"]
-    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, memory_budget=_fixed_bytes(bundle, max_batch=1) + 2 * MB)
+    adapter = FewShotAdapter.from_bundle(bundle, max_batch=1, max_pixels=2**20,
+                                         memory_budget=_fixed_bytes(bundle, max_batch=1, max_pixels=2**20) + 2 * MB)
     room = adapter._budget.for_classes - class_bytes(adapter.store, 1)
     image = blank_with_square(lo=10, hi=60)
     with pytest.raises(MemoryBudgetError):
