@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import sys
 import warnings
@@ -39,9 +38,11 @@ def new_name(old: str) -> str | None:
     return None
 
 
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _MovedModules:
     """Resolves an old name to the module itself (one module object, so classes and registries stay
-    single), warning once per old name."""
+    single), warning once per old name. A meta-path finder and loader by protocol, not by subclassing
+    `importlib.abc`: importing that pulls in importlib.resources, tempfile, random, bz2 and lzma, 1.5 MB
+    of resident memory in every board process (measured with VmRSS)."""
 
     def __init__(self) -> None:
         self._specs: dict[str, object] = {}

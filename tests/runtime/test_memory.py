@@ -273,3 +273,21 @@ def test_long_labels_count_at_their_size(digits_run):
     assert class_bytes(adapter.store, 1) <= adapter._budget.for_classes
     with pytest.raises(ValueError, match="1024"):
         adapter.enroll("x" * 2**20, image)
+
+
+def test_a_budgeted_board_process_imports_nothing_it_does_not_use():
+    """Each of these was once imported by the runtime and cost resident memory on every board (measured
+    with VmRSS): importlib.abc -> importlib.resources, tempfile, random, bz2, lzma (1.5 MB); subprocess
+    (0.5 MB); hashlib -> OpenSSL (3.4 MB)."""
+    from edgemeta.runtime.memory import runtime_overhead
+    from tests.harness import run_python
+
+    runtime_overhead()  # measured once per machine (a subprocess); the board process reads the figure
+    child = ("import sys, json\n"
+             "from edgemeta.runtime import FewShotAdapter\n"
+             "adapter = FewShotAdapter.from_preset('omniglot', memory_budget='96MB')\n"
+             "heavy = ['importlib.resources', 'tempfile', 'random', 'subprocess', 'hashlib', 'ssl', 'bz2', 'lzma']\n"
+             "print(json.dumps([m for m in heavy if m in sys.modules]))")
+    result = run_python(child, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
