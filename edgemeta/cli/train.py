@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
                    help="a learner option, e.g. --option inner_steps=5 --option inner_lr=0.1 (repeatable)")
     p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
     p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--data-dir", help="Omniglot zip directory, or the training folder of class sub-folders")
+    p.add_argument("--data-dir", help="Omniglot or mini-ImageNet zip directory (default: $EDGEMETA_OMNIGLOT_DIR, "
+                   "$EDGEMETA_MINI_IMAGENET_DIR), or the training folder of class sub-folders")
     p.add_argument("--test-dir", help="folder dataset: held-out class sub-folders")
     p.add_argument("--train-alphabets", nargs="+")
     p.add_argument("--test-alphabets", nargs="*")
@@ -39,9 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--max-scale", type=float, help="augmentation: random scaling (fraction, e.g. 0.1)")
     p.add_argument("--max-shear", type=float, help="augmentation: random shear (radians)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--image-size", type=int, help="model input size (default 28)")
+    p.add_argument("--image-size", type=int, help="model input size (default: the dataset's, 84 for mini-imagenet, else 28)")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                    help="invert images (dark ink on light background -> ink high); default: the dataset's")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="model input channels: 3 keeps colour (a gray image is "
+                   "replicated), 1 takes the luma; default: the dataset's (a folder: 3 when its images are in colour)")
+    p.add_argument("--resize", choices=["squash", "shorter"], help="squash (default): the whole image to the input size; "
+                   "shorter: the shorter side to --resize-to (default: the input size), aspect kept, then the centre crop")
+    p.add_argument("--resize-to", type=int, help="--resize shorter: the shorter side before the crop, e.g. 256 for 224")
+    p.add_argument("--normalize", choices=["none", "imagenet", "unit", "efficientnet-lite"],
+                   help="per-channel normalization after scaling to [0, 1] (default none): imagenet (mean/std of "
+                        "ImageNet), unit ((p - 127.5) / 127.5), efficientnet-lite ((p - 127) / 128)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="photo augmentation of training episodes (random resized crop, flip, colour jitter); default: "
+                        "on for mini-imagenet and folders of colour photos, off for omniglot, digits and grayscale")
     p.add_argument("--tensorboard", help="write TensorBoard logs to this directory")
     p.add_argument("--checkpoints", action="store_true", help="save weights after every epoch in RUN_DIR/checkpoints")
     p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi-worker"], default="auto",
@@ -74,6 +86,18 @@ def learner_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def data_summary(config: Any, train_set: Any) -> str:
+    """What the run's input was and why, e.g. "folder 'photos': 3 channels (colour, colour images found), 28x28
+    (the dataset's size), squash, no normalization; photo augmentation (crop, flip, colour jitter)"."""
+    from edgemeta.data.splits import DataSplit
+    from edgemeta.train.training import augments_photos
+
+    augment = augments_photos(config, train_set.preprocessing)
+    why = "" if config.augment is not None else " (the dataset's default)"
+    return (f"{DataSplit.of(config).describe(train_set.preprocessing)}; "
+            f"{'photo augmentation (crop, flip, colour jitter)' if augment else 'no photo augmentation'}{why}")
+
+
 def run(args: argparse.Namespace) -> int:
     from edgemeta.train.distribute import make_strategy
 
@@ -97,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
                "image_size": args.image_size, "invert": args.invert, "episodes_per_batch": args.episodes_per_batch,
                "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
+    inputs = {"channels": args.channels, "resize": args.resize, "resize_to": args.resize_to, "normalize": args.normalize,
+              "augment": args.augment}
+    config = replace(config, **{k: v for k, v in inputs.items() if v is not None})
     if config.dataset == "digits" and (args.data_dir or args.test_dir):
         # scikit-learn's digits read no files: a folder given without --dataset would silently go unused.
         raise ValueError("--data-dir and --test-dir are not read by the digits dataset (the default). Add "
@@ -121,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     where += f" in mixed {precision}" if precision else ""
     if cluster.is_chief:
         print(f"Trained on {train_set}{where}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")
+        print(f"Input: {data_summary(config, train_set)}")
     else:
         print(f"Worker {cluster.worker_index} done{where}; the chief saved the run.")
     return 0

@@ -25,9 +25,10 @@ if TYPE_CHECKING:  # imported where a manifest is read: the names below need onl
 
 FORMAT = "edgemeta.bundle"
 # A manifest is written with the oldest version that describes it, so older readers keep reading what
-# they can use and refuse what they would feed wrongly: version 2 adds `input.patches` (edgemeta.format.patches).
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# they can use and refuse what they would feed wrongly: version 2 adds `input.patches` (edgemeta.format.patches),
+# version 3 the preprocessing's `resize` ("shorter", `resize_to`) and per-channel `mean` and `std`.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 # The names a manifest may carry; the converters, the compressor, board profiles and the CLI all take these.
@@ -102,7 +103,8 @@ class Manifest:
             model_input["raw_shape"] = list(self.raw_shape)
         return {
             "format": FORMAT,
-            "format_version": max(self.format_version, 2 if self.input_patches > 1 else 1),
+            "format_version": max(self.format_version, 2 if self.input_patches > 1 else 1,
+                                  self.preprocessing.needs_format_version),
             "model_file": MODEL_FILE,
             "model_sha256": self.model_sha256,
             "input": model_input,
@@ -117,7 +119,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         """The manifest of a parsed `manifest.json`, every field checked (`BundleError` names the bad one)."""
-        from edgemeta.format.preprocessing import _RESAMPLE, Preprocessing
+        from edgemeta.format.preprocessing import _RESAMPLE, RESIZES, Preprocessing
 
         check = _Fields(source)
         d = check.object(d, "the manifest")
@@ -136,12 +138,15 @@ class Manifest:
         model_sha256 = check.sha256(d.get("model_sha256", _MISSING), "model_sha256", allow_empty=True)
         pre = check.object(d.get("preprocessing", _MISSING), "preprocessing")
         channels = check.choice(pre.get("channels", _MISSING), "preprocessing.channels", (1, 3))
+        height = check.integer(pre.get("height", _MISSING), "preprocessing.height", 1, MAX_IMAGE_SIDE)
+        width = check.integer(pre.get("width", _MISSING), "preprocessing.width", 1, MAX_IMAGE_SIDE)
         preprocessing = Preprocessing(
-            height=check.integer(pre.get("height", _MISSING), "preprocessing.height", 1, MAX_IMAGE_SIDE),
-            width=check.integer(pre.get("width", _MISSING), "preprocessing.width", 1, MAX_IMAGE_SIDE),
+            height=height,
+            width=width,
             channels=channels,
             invert=check.boolean(pre.get("invert", _MISSING), "preprocessing.invert"),
             resample=check.choice(pre.get("resample", _MISSING), "preprocessing.resample", tuple(_RESAMPLE)),
+            **_check_resize_and_normalization(check, pre, version, height, width, channels, RESIZES),
         )
         # Derived fields readers ignore, checked so that a manifest cannot say two things.
         if "grayscale" in pre and check.boolean(pre["grayscale"], "preprocessing.grayscale") != (channels == 1):
@@ -294,6 +299,40 @@ class _Fields:
         return value
 
 
+# Largest |mean| and smallest std a manifest may give: they apply to pixels in [0, 1], so a mean in 0..255 or a
+# std near 0 is a mistake (statistics of another scale) that would feed the model values thousands wide.
+MAX_MEAN = 1.0
+MIN_STD = 1e-3
+
+
+def _check_resize_and_normalization(check: _Fields, pre: dict[str, Any], version: int, height: int, width: int,
+                                    channels: int, resizes: tuple[str, ...]) -> dict[str, Any]:
+    """`preprocessing.resize`, `resize_to`, `mean` and `std` (format version 3) as Preprocessing's keyword
+    arguments. Absent, they are the defaults (squash, no normalization), what versions 1 and 2 mean; a version 1
+    or 2 manifest that sets them otherwise is refused, as a reader of those versions would ignore them."""
+    fields: dict[str, Any] = {}
+    resize = pre.get("resize", "squash")
+    check.choice(resize, "preprocessing.resize", resizes)
+    if resize != "squash":
+        fields["resize"] = resize
+        side = pre.get("resize_to", _MISSING)
+        fields["resize_to"] = check.integer(side, "preprocessing.resize_to", max(height, width), MAX_IMAGE_SIDE)
+    elif pre.get("resize_to") is not None:
+        raise check.error("preprocessing.resize_to", "null or absent with resize 'squash'", pre["resize_to"])
+    mean, std = pre.get("mean"), pre.get("std")
+    if (mean is None) != (std is None):
+        missing = "preprocessing.std" if std is None else "preprocessing.mean"
+        raise check.error(missing, "given with the other of mean and std (or neither)", _MISSING)
+    if mean is not None:
+        fields["mean"] = check.list_of_numbers(mean, "preprocessing.mean", -MAX_MEAN, MAX_MEAN, length=channels)
+        fields["std"] = check.list_of_numbers(std, "preprocessing.std", MIN_STD, length=channels)
+    if fields and version < 3:
+        name = "preprocessing." + next(iter(fields))
+        raise check.error(name, f"absent in a format version {version} manifest (its readers apply no such step; "
+                                "version 3 adds it)", pre[next(iter(fields))])
+    return fields
+
+
 def _check_quantization(check: _Fields, value: Any) -> dict[str, Any]:
     """`quantization`: the export's scheme and the model's input/output tensors (dtype, scale, zero point)."""
     quantization = check.object(value, "quantization")
@@ -318,7 +357,7 @@ def _check_quantization(check: _Fields, value: Any) -> dict[str, Any]:
 # `edgemeta evaluate BUNDLE` reads from `provenance.train_config`.
 _SPLIT_FIELDS = {"dataset": "string", "data_dir": "string", "test_dir": "string", "train_groups": "strings",
                  "test_groups": "strings", "train_classes": "integers", "rotations": "boolean", "image_size": "size",
-                 "invert": "boolean"}
+                 "invert": "boolean", "channels": "size", "resize": "string", "resize_to": "size", "normalize": "string"}
 
 
 def _check_provenance(check: _Fields, value: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ meta-training and what the board feeds the model cannot drift apart. Images are 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -26,15 +27,48 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "nearest": Image.Resampling.NEAREST,
 }
+# "squash": the whole image to height x width (aspect not kept); "shorter": the shorter side to `resize_to`,
+# aspect kept, then the centre height x width.
+RESIZES = ("squash", "shorter")
+# Named per-channel (mean, std) for `Preprocessing(mean=, std=)`, applied to pixels in [0, 1]: (x - mean) / std.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's and Keras' ImageNet statistics
+    "unit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (p - 127.5) / 127.5: [-1, 1]
+    "efficientnet-lite": ((127 / 255,) * 3, (128 / 255,) * 3),  # (p - 127) / 128, as EfficientNet-Lite expects
+}
+
+
+def normalization(name: str, channels: int = 3) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """`(mean, std)` of a name in `NORMALIZATIONS` for `channels` channels; `(None, None)` for "none".
+    ImageNet's statistics are per RGB channel: a grayscale model (1 channel) has none."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}. Received: {name!r}")
+    pair = NORMALIZATIONS[name]
+    if pair is None:
+        return None, None
+    mean, std = pair
+    if channels == 1:
+        if len(set(mean)) > 1 or len(set(std)) > 1:
+            raise ValueError(f"The {name!r} normalization is per RGB channel; a grayscale model has no such statistics "
+                             "(take 3 channels: a gray image is replicated to RGB). Received: channels=1")
+        return mean[:1], std[:1]
+    return mean, std
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a raw image becomes a model input of shape `(height, width, channels)` in [0, 1].
+    """How a raw image becomes a model input of shape `(height, width, channels)`.
 
-    Steps, in order: to float in [0, 1] (uint8 / 255; floats must already be in [0, 1]);
-    to grayscale (ITU-R 601 luma) when `channels == 1`; resize with Pillow (`resample`);
-    invert (`1 - x`) when `invert`, e.g. so that Omniglot's black ink on white becomes 1 on 0.
+    Steps, in order: the file decoded (`decode_image`: EXIF rotation, any mode to L or RGB, 16-bit to float);
+    to float in [0, 1] (uint8 / 255; floats must already be in [0, 1]); alpha dropped; to grayscale
+    (ITU-R 601 luma) when `channels == 1`, a gray image replicated when `channels == 3`; resized with Pillow
+    (`resample`): `resize="squash"` takes the whole image to height x width, `resize="shorter"` scales the
+    shorter side to `resize_to` (default max(height, width)), keeping the aspect, and takes the centre
+    height x width; clipped to [0, 1]; inverted (`1 - x`) when `invert`, e.g. so that Omniglot's black ink on
+    white becomes 1 on 0; normalized per channel, `(x - mean) / std` in float32, when `mean` and `std` are
+    given (e.g. `normalization("imagenet")`). The defaults (squash, no normalization) are the preprocessing
+    of every bundle written before `resize`, `mean` and `std` existed, bit for bit.
     """
 
     height: int = 28
@@ -42,6 +76,10 @@ class Preprocessing:
     channels: int = 1
     invert: bool = False
     resample: str = "bilinear"
+    resize: str = "squash"
+    resize_to: int | None = None  # "shorter": the shorter side's length before the crop (None: max(height, width))
+    mean: tuple[float, ...] | None = None  # per channel, subtracted from pixels in [0, 1]; None: no normalization
+    std: tuple[float, ...] | None = None  # per channel, > 0, divides after the mean
     # At most this many images per call (override per call with `max_images=`): a bound on the memory
     # one request can take on a small board. Not part of the manifest.
     max_images: ClassVar[int] = 1024
@@ -56,17 +94,63 @@ class Preprocessing:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}. Received: {self.resample!r}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"height and width must be positive. Received: {self.height}x{self.width}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}. Received: {self.resize!r}")
+        if self.resize == "squash":
+            if self.resize_to is not None:
+                raise ValueError(f"resize_to applies to resize='shorter' only. Received: resize_to={self.resize_to!r} "
+                                 "with resize='squash'")
+        else:
+            side = max(self.height, self.width) if self.resize_to is None else self.resize_to
+            if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < max(self.height, self.width):
+                raise ValueError(f"resize_to must be an integer >= max(height, width) = {max(self.height, self.width)} "
+                                 f"(the crop is taken from the resized image). Received: {self.resize_to!r}")
+            object.__setattr__(self, "resize_to", int(side))  # resolved: a manifest states what the board does
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"mean and std are given together (or neither). Received: mean={self.mean!r}, std={self.std!r}")
+        if self.mean is not None:
+            object.__setattr__(self, "mean", self._per_channel("mean", self.mean, low=-math.inf))
+            object.__setattr__(self, "std", self._per_channel("std", self.std, low=0.0))
+
+    def _per_channel(self, name: str, values: Any, low: float) -> tuple[float, ...]:
+        """`values` as a tuple of `channels` finite floats > `low`, or a ValueError naming `name`."""
+        plural = "s" if self.channels > 1 else ""
+        expected = f"{self.channels} finite number{plural}{' > 0' if low == 0 else ''} (one per channel)"
+        try:
+            numbers = tuple(float(v) for v in values if not isinstance(v, (bool, str)))
+            ok = len(numbers) == len(values) == self.channels and all(math.isfinite(v) and v > low for v in numbers)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be {expected}. Received: {values!r}")
+        return numbers
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"grayscale": self.channels == 1, "scale": "0..1", **asdict(self)}
+        """The manifest's `preprocessing` object. The fields added after format version 2 (`resize`, `resize_to`,
+        `mean`, `std`) are written only when they differ from the defaults, so a bundle that needs none of
+        them reads as before, and one that does is refused by readers that would ignore them."""
+        d = {"grayscale": self.channels == 1, "scale": "0..1",
+             **{k: v for k, v in asdict(self).items() if k in _V1_FIELDS}}
+        if self.resize != "squash":
+            d.update(resize=self.resize, resize_to=self.resize_to)
+        if self.mean is not None:
+            d.update(mean=list(self.mean), std=list(self.std))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(**{k: d[k] for k in ("height", "width", "channels", "invert", "resample")})
+        """The inverse of `to_dict` (unchecked: a manifest's fields are checked by `edgemeta.format.bundle`)."""
+        return cls(**{k: d[k] for k in _V1_FIELDS}, **{k: d[k] for k in _LATER_FIELDS if k in d})
+
+    @property
+    def needs_format_version(self) -> int:
+        """The oldest bundle format whose readers apply this preprocessing: 3 with `resize="shorter"` or a
+        normalization, else 1."""
+        return 3 if self.resize != "squash" or self.mean is not None else 1
 
     def __call__(self, images: Any, max_images: int | None = None, max_pixels: int | None = None) -> np.ndarray:
         """Preprocesses one image or many; returns float32 `(n, height, width, channels)`.
@@ -122,8 +206,13 @@ class Preprocessing:
                 x = x[..., 0]
         # A grayscale image is one plane, resized once however many channels the model takes.
         planes = [x] if x.ndim == 2 else [x[..., c] for c in range(x.shape[-1])]
-        if x.shape[:2] != (self.height, self.width):
-            size, resample = (self.width, self.height), _RESAMPLE[self.resample]
+        size, resample = (self.width, self.height), _RESAMPLE[self.resample]
+        if self.resize == "shorter":
+            box = self._centre_box(x.shape[0], x.shape[1])
+            if box is not None:
+                planes = [np.asarray(Image.fromarray(p.astype(np.float32, copy=False)).resize(size, resample, box=box))
+                          for p in planes]
+        elif x.shape[:2] != (self.height, self.width):
             planes = [np.asarray(Image.fromarray(p.astype(np.float32, copy=False)).resize(size, resample)) for p in planes]
         if len(planes) == 1:
             out = planes[0][..., None]
@@ -132,7 +221,30 @@ class Preprocessing:
         else:
             out = np.stack(planes, axis=-1)
         out = np.clip(out, 0.0, 1.0)  # a new float32 array: the steps below may work in place
-        return np.subtract(1.0, out, out=out) if self.invert else out
+        if self.invert:
+            np.subtract(1.0, out, out=out)
+        if self.mean is not None:
+            # float32 operands, so the arithmetic (correctly rounded subtract and divide) is the same on every machine.
+            np.subtract(out, np.asarray(self.mean, np.float32), out=out)
+            np.divide(out, np.asarray(self.std, np.float32), out=out)
+        return out
+
+    def _centre_box(self, rows: int, cols: int) -> tuple[float, float, float, float] | None:
+        """`resize="shorter"`: the region of a rows x cols image that becomes the output, in its own pixel
+        coordinates: the image scaled so its shorter side is `resize_to`, then its centre height x width
+        (one Pillow resize of that region, which is what scaling the whole image and cropping it gives without
+        resampling the margins). None when that region is the whole image at the output size."""
+        shorter = min(rows, cols)
+        crop_w, crop_h = self.width * shorter / self.resize_to, self.height * shorter / self.resize_to
+        left, top = (cols - crop_w) / 2, (rows - crop_h) / 2
+        if (rows, cols) == (self.height, self.width) and left == 0 and top == 0:
+            return None
+        return (left, top, left + crop_w, top + crop_h)
+
+
+# The manifest's fields of format version 1, and those added with version 3 (written only when not the defaults).
+_V1_FIELDS = ("height", "width", "channels", "invert", "resample")
+_LATER_FIELDS = ("resize", "resize_to", "mean", "std")
 
 
 def as_image_list(images: Any, limit: int | None = None) -> list[Any]:

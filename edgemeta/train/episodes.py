@@ -9,10 +9,46 @@ runtime are compared on identical tasks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edgemeta.data.episodes import EpisodeIndices
+from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.train.backend import tf
+
+# Folded into an episode's augmentation seed for the photo augmentation, so its draws are independent of
+# `random_affine`'s (and a run with only the affine augmentation draws exactly what it drew before).
+_PHOTO_STREAM = 0x70686F74
+
+
+@dataclass(frozen=True)
+class PhotoAugment:
+    """Photo augmentation of training episodes (`EpisodeSampler.episodes(photo=...)`), each image on its own
+    draws: a random resized crop (a region of `area` of the image's area, of aspect ratio (width / height) in
+    `ratio`, scaled back to the image's size, bilinear), a horizontal flip with probability `flip`, and colour
+    jitter: brightness, contrast and saturation each multiplied by a factor in [1 - x, 1 + x] (saturation
+    only on colour images), in that order, the pixels clipped to [0, 1] after each step. The defaults are
+    those of common few-shot photo recipes: a crop of at least half the image, flips, 0.4 jitter."""
+
+    area: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+
+    def __post_init__(self) -> None:
+        lo, hi = self.area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"area must be (low, high) with 0 < low <= high <= 1. Received: {self.area!r}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must be (low, high) with 0 < low <= high. Received: {self.ratio!r}")
+        if not 0 <= self.flip <= 1:
+            raise ValueError(f"flip must be a probability in [0, 1]. Received: {self.flip!r}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1). Received: {getattr(self, name)!r}")
 
 
 class EpisodeSampler(EpisodeIndices):
@@ -37,10 +73,13 @@ class EpisodeSampler(EpisodeIndices):
         return tf.data.Dataset.counter(start).map(self._sample, num_parallel_calls=tf.data.AUTOTUNE)
 
     def episodes(self, episodes_per_batch: int = 1, start: int = 0, input_context: tf.distribute.InputContext | None = None,
-                 **augment: float) -> tf.data.Dataset:
+                 photo: PhotoAugment | None = None, **augment: float) -> tf.data.Dataset:
         """Infinite dataset of `((support, support_labels, query), query_labels)` batches, ready for
-        `fit`/`evaluate`. `augment` (`max_shift`, `max_rotation`, `max_scale`, `max_shear`) applies
-        `random_affine` to every image (training augmentation).
+        `fit`/`evaluate`. Training augmentation, of support and query images alike, drawn from `(seed,
+        episode index)` only (the same episodes are augmented the same way on every run and any number of
+        workers): `photo` applies `photo_augment` (crop, flip, colour jitter); `augment` (`max_shift`,
+        `max_rotation`, `max_scale`, `max_shear`) applies `random_affine` after it. Without either, images
+        are the dataset's as they are (evaluation).
 
         Step `s` is made of episodes `start + s * episodes_per_batch + [0, episodes_per_batch)`. With a
         `tf.distribute.InputContext` (from `distribute_datasets_from_function`) this input pipeline
@@ -56,9 +95,16 @@ class EpisodeSampler(EpisodeIndices):
             pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
         share = global_batch // pipelines  # episodes this pipeline assembles per step
 
+        preprocessing = self.dataset.preprocessing
+
         def gather(index):
             support, support_labels, query, query_labels = self._sample(index)
             s, q = tf.gather(images, support), tf.gather(images, query)
+            if photo is not None:
+                key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(~seed, tf.int64), index]), _PHOTO_STREAM)
+                photo_seed = tf.random.experimental.stateless_split(key, 2)
+                s = photo_augment(s, photo_seed[0], photo, preprocessing)
+                q = photo_augment(q, photo_seed[1], photo, preprocessing)
             if augment:
                 aug_seed = tf.random.experimental.stateless_split(tf.stack([tf.constant(~seed, tf.int64), index]), 2)
                 s = random_affine(s, aug_seed[0], **augment)
@@ -97,3 +143,47 @@ def random_affine(images: tf.Tensor, seed: tf.Tensor, max_shift: float = 0.0, ma
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=tf.constant([h, w]), fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def photo_augment(images: tf.Tensor, seed: tf.Tensor, params: PhotoAugment = PhotoAugment(),
+                  preprocessing: Preprocessing | None = None) -> tf.Tensor:
+    """`params`' crop, flip and colour jitter (see `PhotoAugment`) of each image of `(n, H, W, C)`, drawn from
+    `seed` (stateless: the same seed, the same images). Images normalized by `preprocessing` (its `mean` and
+    `std`) are jittered in [0, 1] and normalized again, so the jitter means the same for every normalization."""
+    n = tf.shape(images)[0]
+    h, w, c = images.shape[1], images.shape[2], images.shape[3]
+    u = tf.random.stateless_uniform([n, 8], seed, 0.0, 1.0)
+    # Random resized crop: area fraction a and aspect r (log-uniform) give the box's height and width as
+    # fractions of the image's; the box is placed uniformly inside it. A flip swaps the box's x ends, which
+    # crop_and_resize reads as a mirrored crop.
+    area = params.area[0] + u[:, 0] * (params.area[1] - params.area[0])
+    ratio = tf.exp(np.log(params.ratio[0]) + u[:, 1] * (np.log(params.ratio[1]) - np.log(params.ratio[0])))
+    box_h = tf.minimum(1.0, tf.sqrt(area / ratio * (w / h)))
+    box_w = tf.minimum(1.0, tf.sqrt(area * ratio * (h / w)))
+    y0, x0 = u[:, 2] * (1.0 - box_h), u[:, 3] * (1.0 - box_w)
+    x_start, x_end = x0, x0 + box_w
+    flipped = u[:, 4] < params.flip
+    boxes = tf.stack([y0, tf.where(flipped, x_end, x_start), y0 + box_h, tf.where(flipped, x_start, x_end)], axis=1)
+    x = images
+    normalized = preprocessing is not None and preprocessing.mean is not None
+    if normalized:
+        mean, std = tf.constant(preprocessing.mean, tf.float32), tf.constant(preprocessing.std, tf.float32)
+        x = x * std + mean
+    x = tf.image.crop_and_resize(x, boxes, tf.range(n), [h, w], method="bilinear")
+
+    def factor(i: int, strength: float) -> tf.Tensor:  # per image, broadcast over (H, W, C)
+        return tf.reshape(1.0 - strength + 2.0 * strength * u[:, i], [-1, 1, 1, 1])
+
+    if params.brightness:
+        x = tf.clip_by_value(x * factor(5, params.brightness), 0.0, 1.0)
+    luma = tf.constant([0.299, 0.587, 0.114], tf.float32)
+    if params.contrast:
+        gray = tf.reduce_sum(x * luma, axis=-1, keepdims=True) if c == 3 else x
+        centre = tf.reduce_mean(gray, axis=[1, 2, 3], keepdims=True)
+        x = tf.clip_by_value(centre + (x - centre) * factor(6, params.contrast), 0.0, 1.0)
+    if params.saturation and c == 3:
+        gray = tf.reduce_sum(x * luma, axis=-1, keepdims=True)
+        x = tf.clip_by_value(gray + (x - gray) * factor(7, params.saturation), 0.0, 1.0)
+    if normalized:
+        x = (x - mean) / std
+    return x

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ LEARNER_WEIGHTS_FILE = "learner.weights.h5"
 class TrainConfig:
     """Everything that determines a training run; saved in run.json as provenance."""
 
-    dataset: str = "digits"  # digits | omniglot | folder
+    dataset: str = "digits"  # digits | omniglot | folder | mini-imagenet
     learner: str = "protonet"  # a name in edgemeta.train.learners.LEARNERS
     learner_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"inner_steps": 5} for MAML
-    data_dir: str | None = None  # omniglot zips dir, or the folder of class sub-folders (train)
+    data_dir: str | None = None  # omniglot or mini-imagenet zips dir, or the folder of class sub-folders (train)
     test_dir: str | None = None  # folder dataset: held-out classes
     train_groups: Sequence[str] | None = None  # omniglot alphabets to meta-train on
     test_groups: Sequence[str] | None = None  # omniglot alphabets held out
@@ -52,8 +52,17 @@ class TrainConfig:
     max_shear: float = 0.0
     seed: int = 0
     deterministic: bool = False
-    image_size: int = 28  # model input is image_size x image_size
+    image_size: int | None = None  # model input is image_size x image_size (None: the dataset's, 84 for mini-ImageNet, else 28)
     invert: bool | None = None  # None: the dataset's default (Omniglot: True, digits/folders: False)
+    # The input's channels, resize and normalization (edgemeta.data.splits.DataSplit); None: the dataset's choice,
+    # which `train` resolves and records in run.json.
+    channels: int | None = None  # 1 | 3; None: the dataset's (a folder's: 3 when its images are in colour)
+    resize: str | None = None  # "squash" | "shorter" (the shorter side to resize_to, then the centre crop); None: squash
+    resize_to: int | None = None
+    normalize: str | None = None  # "none" | "imagenet" | "unit" | "efficientnet-lite"; None: none
+    # Photo augmentation of training episodes (edgemeta.train.episodes.PhotoAugment: crop, flip, colour jitter);
+    # None: on for photos (mini-ImageNet, a folder of colour images), off otherwise (Omniglot, digits, grayscale).
+    augment: bool | None = None
     # "auto" (bfloat16 where it is native and measured to pay, see resolve_mixed_precision) | "float32" (or None)
     # | "float16" (with loss scaling; GPUs) | "bfloat16"
     mixed_precision: str | None = "auto"
@@ -115,6 +124,7 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     test_set = None
     if train_set is None:
         train_set, test_set = load_split(config)
+    config = resolve_data(config, train_set)  # run.json records what the data's defaults chose
     strategy = tf.distribute.get_strategy()
     cluster = describe(strategy)
     precision = resolve_mixed_precision(config)
@@ -152,6 +162,30 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
     return net, train_set, test_set
+
+
+def resolve_data(config: TrainConfig, train_set: ImageClassDataset) -> TrainConfig:
+    """`config` with the input choices it left to the dataset (None: image size, channels, resize, normalization)
+    set to what `train_set` was preprocessed with, and `augment` decided (`augments_photos`), so that run.json
+    says what the run did and export, evaluate and compress rebuild the same input from it."""
+    from edgemeta.format.preprocessing import NORMALIZATIONS, normalization
+
+    pre = train_set.preprocessing
+    names = [n for n in NORMALIZATIONS if (n != "imagenet" or pre.channels == 3)
+             and normalization(n, pre.channels) == (pre.mean, pre.std)]
+    chosen = {"image_size": pre.height if pre.height == pre.width else None, "channels": pre.channels,
+              "resize": pre.resize, "resize_to": pre.resize_to, "normalize": names[0] if names else None,
+              "augment": augments_photos(config, pre)}
+    return replace(config, **{k: v for k, v in chosen.items() if getattr(config, k) is None})
+
+
+def augments_photos(config: TrainConfig, preprocessing: Any) -> bool:
+    """Whether training episodes get the photo augmentation (`edgemeta.train.episodes.PhotoAugment`):
+    `config.augment`, else on for photos (mini-ImageNet, a folder whose images are in colour) and off for
+    grayscale symbols (Omniglot, digits, a grayscale folder), whose recipes and measured accuracy are without it."""
+    if config.augment is not None:
+        return bool(config.augment)
+    return config.dataset in ("mini-imagenet", "folder") and preprocessing.channels == 3
 
 
 def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
@@ -207,6 +241,10 @@ def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbac
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
     augment = dict(max_shift=config.max_shift, max_rotation=config.max_rotation, max_scale=config.max_scale,
                    max_shear=config.max_shear)
+    if augments_photos(config, train_set.preprocessing):
+        from edgemeta.train.episodes import PhotoAugment
+
+        augment["photo"] = PhotoAugment()
     start = first_epoch * steps_per_epoch * config.episodes_per_batch
 
     def episodes(input_context=None):

@@ -56,7 +56,8 @@ def test_omniglot_split_defaults_to_the_fixed_alphabets_and_empty_holds_none_out
 
 
 def test_bad_splits_name_the_problem():
-    with pytest.raises(ValueError, match="dataset must be 'digits', 'omniglot' or 'folder'. Received: 'mnist'"):
+    with pytest.raises(ValueError, match="dataset must be one of 'digits', 'omniglot', 'folder', 'mini-imagenet'. "
+                                         "Received: 'mnist'"):
         DataSplit(dataset="mnist")
     with pytest.raises(ValueError, match="needs data_dir.*Received: data_dir=None"):
         load_split({"dataset": "folder"})
