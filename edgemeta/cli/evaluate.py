@@ -97,7 +97,7 @@ def held_out_set(saved_config: dict[str, Any], dataset: str | None = None, data_
         overrides["test_groups"] = groups
     config = replace(config, **overrides)
     try:
-        _, test_set = load_split(config)
+        _, test_set = load_split(config, load_train=False)  # the held-out set alone
     except ImportError as e:  # digits come from scikit-learn, which a board's install lacks
         raise RuntimeError(str(e)) from e
     if test_set is None:

@@ -150,7 +150,7 @@ def compress_variants(run_dir: str | Path, recipes: Mapping[str, CompressionReci
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher, run = load_run(run_dir)
-    _, test_set = load_split(_run_config(run, data_dir))
+    _, test_set = load_split(_run_config(run, data_dir), load_train=False)
     if test_set is None and episodes:
         raise ValueError(f"Run {str(run_dir)!r} has no held-out classes to measure accuracy on. Received: episodes="
                          f"{episodes}; pass episodes=0 (CLI: --episodes 0) to compress without a report.")
