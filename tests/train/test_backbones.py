@@ -256,3 +256,16 @@ def test_cli_refuses_a_learner_the_backbone_cannot_train(tmp_path):
     result = cli_in_process("train", "--out", tmp_path / "run", "--backbone", "resnet12", "--weights", "imagenet",
                             "--steps", "1", "--no-backup")
     assert result.returncode == 2 and "'resnet12' has no ImageNet weights" in result.stderr
+
+
+def test_a_pretrained_backbone_takes_the_runs_normalization_as_it_is():
+    """No input is scaled twice: MobileNetV3 fed `unit` ([-1, 1]) and EfficientNet-Lite fed its own
+    (p - 127) / 128 skip their rescaling layers; a normalization a pretrained backbone never saw is refused."""
+    from edgemeta.train.backbones import input_options
+
+    assert input_options("mobilenet_v3_small", "unit", "imagenet") == {"input_range": (-1.0, 1.0)}
+    assert input_options("efficientnet_lite0", "efficientnet-lite", "imagenet") == {"rescale": False}
+    assert input_options("efficientnet_lite0", None, "imagenet") == {} and input_options("conv4", "imagenet") == {}
+    assert input_options("mobilenet_v3_large", "imagenet", None) == {}  # from scratch: it learns on what it is fed
+    with pytest.raises(ValueError, match="does not match efficientnet_lite0's pretrained input scaling"):
+        input_options("efficientnet_lite0", "imagenet", "imagenet")

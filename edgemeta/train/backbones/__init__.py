@@ -78,6 +78,32 @@ register_backbone("mobilenet_v3_large", mobilenet_v3_large)
 register_backbone("efficientnet_lite0", efficientnet_lite0)
 
 
+# What each pretrained backbone is fed, by the run's normalization (edgemeta.format.preprocessing.NORMALIZATIONS):
+# the options that make the model take the preprocessed input as it is, so nothing is scaled twice.
+_INPUT_OPTIONS: dict[str, dict[str | None, dict[str, Any]]] = {
+    "mobilenet_v3_small": {None: {}, "none": {}, "unit": {"input_range": (-1.0, 1.0)}},
+    "mobilenet_v3_large": {None: {}, "none": {}, "unit": {"input_range": (-1.0, 1.0)}},
+    "efficientnet_lite0": {None: {}, "none": {}, "efficientnet-lite": {"rescale": False}},
+}
+
+
+def input_options(name: str, normalize: str | None, weights: Any = None) -> dict[str, Any]:
+    """The backbone options that match its input scaling to the run's normalization: a MobileNetV3 fed
+    `unit` ([-1, 1]) takes it as it is, as does an EfficientNet-Lite fed `efficientnet-lite`; with none, each
+    rescales [0, 1] itself. With pretrained `weights`, a normalization the backbone was not trained with is
+    refused (without them, the backbone learns on whatever it is fed)."""
+    table = _INPUT_OPTIONS.get(name)
+    if table is None:
+        return {}
+    if normalize not in table:
+        if weights in (None, "none"):
+            return {}
+        expected = sorted(k for k in table if k)
+        raise ValueError(f"--normalize {normalize} does not match {name}'s pretrained input scaling. Expected one of "
+                         f"{expected}. Received: {normalize!r}")
+    return dict(table[normalize])
+
+
 def backbone_options(name: str) -> dict[str, Any]:
     """The options backbone `name` accepts, with their defaults (its builder's keyword arguments besides
     `input_shape` and `weights`)."""
