@@ -118,20 +118,10 @@ class Embedder:
 
         Preprocessed `max_batch` images at a time, so a call's float copies of its images are bounded
         by the batch the memory plan counts (`working_set_bytes`), not by how many images it is given."""
-        from edgemeta.format.preprocessing import _count_non_finite, _non_finite_message, as_image_list
-
         # Preprocessing checked the images and returns finite float32 of the input shape: no second check.
         step = self._static_batch or self.max_batch
-        items = as_image_list(images, limit=self.preprocessing.max_images)
-        if len(items) <= step:
-            return self._embed(self.preprocessing(images, max_pixels=self.max_pixels))
-        # Every NaN/Inf of the call is counted before any work, as one Preprocessing call would.
-        bad = (_count_non_finite(images) if isinstance(images, np.ndarray)
-               else sum(_count_non_finite(item) for item in items if isinstance(item, np.ndarray)))
-        if bad:
-            raise ValueError(_non_finite_message(bad))
-        return np.concatenate([self._embed(self.preprocessing(items[i : i + step], max_pixels=self.max_pixels))
-                               for i in range(0, len(items), step)])
+        chunks = [self._embed(x) for x in self.preprocessing.batches(images, step, max_pixels=self.max_pixels)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def embed_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """Already-preprocessed float32 `(n, H, W, C)` in [0, 1] -> float32 `(n, D)`."""
