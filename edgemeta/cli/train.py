@@ -16,6 +16,7 @@ HELP = "meta-train a learner on episodes; writes RUN_DIR"
 
 def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
     from edgemeta.data.splits import DATASETS  # here: the board's commands don't pay for the data loaders
+    from edgemeta.train.recipes import RECIPES
 
     p = parser
     p.add_argument("--out", required=True, help="run directory to write (embedding.keras, learner.weights.h5, run.json)")
@@ -32,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backbone option, e.g. --backbone-option minimalistic=true (MobileNetV3 for the Edge TPU) or "
                         "--backbone-option activation=relu (ResNet-12); values are JSON where they parse (repeatable)")
-    p.add_argument("--recipe", choices=["omniglot", "omniglot-split", "digits"], help="start from a named recipe")
+    p.add_argument("--fine-tune", help="what of the backbone trains: all (default), batchnorm, or from:LAYER (that layer "
+                   "and every later one; e.g. from:block6a_expand_conv for EfficientNet-Lite0's last blocks)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="start from a named recipe")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", help="Omniglot or mini-ImageNet zip directory (default: $EDGEMETA_OMNIGLOT_DIR, "
                    "$EDGEMETA_MINI_IMAGENET_DIR), or the training folder of class sub-folders")
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed,
                "image_size": args.image_size, "invert": args.invert, "episodes_per_batch": args.episodes_per_batch,
                "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile, "backbone": args.backbone,
-               "weights": args.weights}
+               "weights": args.weights, "fine_tune": args.fine_tune}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
     inputs = {"channels": args.channels, "resize": args.resize, "resize_to": args.resize_to, "normalize": args.normalize,
               "augment": args.augment}

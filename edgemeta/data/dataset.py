@@ -11,6 +11,56 @@ import numpy as np
 from edgemeta.format.preprocessing import Preprocessing
 
 
+# Above this many bytes of preprocessed float32, `from_raw` keeps the raw pixels and preprocesses on read
+# (`PreprocessedImages`): mini-ImageNet's `train` upscaled to 224x224 would be 11.6 GB in memory, its raw pixels are 0.4 GB.
+EAGER_LIMIT_BYTES = 1 << 30
+
+
+class PreprocessedImages:
+    """Raw images that are preprocessed when read: a read-only stand-in for the `(n, H, W, C)` float32 array of a
+    large dataset, holding only the raw pixels. Indexing with an int gives one image, with a slice or an index array
+    a float32 batch, each made by `preprocessing` exactly as the runtime makes it; `take` selects images
+    without preprocessing them.
+
+    Example:
+        >>> pre = Preprocessing(4, 4, 3)
+        >>> lazy = PreprocessedImages([np.zeros((2, 2, 3), np.uint8)] * 5, pre)
+        >>> lazy.shape, lazy[[0, 3]].shape, lazy.take([1, 2]).shape
+        ((5, 4, 4, 3), (2, 4, 4, 3), (2, 4, 4, 3))
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __init__(self, raw: Sequence[Any], preprocessing: Preprocessing) -> None:
+        self.raw, self.preprocessing = list(raw), preprocessing
+        self.shape = (len(self.raw), *preprocessing.input_shape)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self.preprocessing.one(self.raw[index])
+        indices = np.arange(len(self.raw))[index]
+        if indices.ndim != 1:
+            raise IndexError(f"PreprocessedImages takes an int, a slice or a 1-D index array. Received: {index!r}")
+        batch = np.empty((len(indices), *self.shape[1:]), np.float32)
+        for row, i in enumerate(indices):
+            batch[row] = self.preprocessing.one(self.raw[i])
+        return batch
+
+    def take(self, indices: Any, axis: int = 0) -> PreprocessedImages:
+        """The images at `indices`, still preprocessed on read (numpy's `take` along the first axis)."""
+        if axis != 0:
+            raise ValueError(f"PreprocessedImages selects images (axis 0) only. Received: axis={axis}")
+        return PreprocessedImages([self.raw[i] for i in np.asarray(indices).reshape(-1)], self.preprocessing)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        batch = self[:]
+        return batch if dtype is None else batch.astype(dtype)
+
+
 @dataclass(frozen=True)
 class ImageClassDataset:
     """Images already preprocessed for the model, with per-image class labels.
@@ -22,7 +72,7 @@ class ImageClassDataset:
     e.g. files of any size); exports record it so the board's memory plan knows its images.
     """
 
-    images: np.ndarray  # float32 (n, H, W, C) in [0, 1]
+    images: np.ndarray | PreprocessedImages  # float32 (n, H, W, C), preprocessed (on read when large)
     labels: np.ndarray  # int32 (n,) in [0, num_classes)
     class_names: tuple[str, ...]
     groups: tuple[str, ...]
@@ -71,7 +121,7 @@ class ImageClassDataset:
         idx = np.flatnonzero(mask)
         return replace(
             self,
-            images=self.images[idx],
+            images=self.images.take(idx, axis=0),
             labels=remap[self.labels[idx]].astype(np.int32),
             class_names=tuple(self.class_names[c] for c in keep),
             groups=tuple(self.groups[c] for c in keep),
@@ -117,10 +167,13 @@ def from_raw(
     # Written into one array as they are made: mini-ImageNet's 19,200 images at 84x84x3 are 1.6 GB in float32,
     # which a list of arrays stacked (and cast) afterwards would hold two or three times over.
     first = preprocessing.one(raw[0])
-    images = np.empty((len(raw), *first.shape), np.float32)
-    images[0] = first
-    for i in range(1, len(raw)):
-        images[i] = preprocessing.one(raw[i])
+    if len(raw) * first.nbytes > EAGER_LIMIT_BYTES:
+        images = PreprocessedImages(raw, preprocessing)
+    else:
+        images = np.empty((len(raw), *first.shape), np.float32)
+        images[0] = first
+        for i in range(1, len(raw)):
+            images[i] = preprocessing.one(raw[i])
     return ImageClassDataset(
         images=images,
         labels=np.asarray(labels, np.int32),

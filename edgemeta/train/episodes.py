@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemeta.data.dataset import PreprocessedImages
 from edgemeta.data.episodes import EpisodeIndices
 from edgemeta.format.preprocessing import Preprocessing
 from edgemeta.train.backend import tf
@@ -87,7 +88,19 @@ class EpisodeSampler(EpisodeIndices):
         the run gets the r-th slice of whole episodes, so any number of workers and devices train on
         exactly the episodes one device would (and no worker assembles episodes it then discards)."""
         augment = {k: float(v) for k, v in augment.items() if v}
-        images = tf.constant(self.dataset.images)
+        images = self.dataset.images
+        if isinstance(images, PreprocessedImages):  # a large dataset: its images are preprocessed as episodes read them
+            shape = images.shape[1:]
+
+            def take(indices):
+                batch = tf.numpy_function(lambda i: images[i], [indices], tf.float32, stateful=False)
+                batch.set_shape([indices.shape[0], *shape])
+                return batch
+        else:
+            images = tf.constant(images)
+
+            def take(indices):
+                return tf.gather(images, indices)
         seed = self.seed
         global_batch, batch, pipelines, pipeline = episodes_per_batch, episodes_per_batch, 1, 0
         if input_context is not None:
@@ -99,7 +112,7 @@ class EpisodeSampler(EpisodeIndices):
 
         def gather(index):
             support, support_labels, query, query_labels = self._sample(index)
-            s, q = tf.gather(images, support), tf.gather(images, query)
+            s, q = take(support), take(query)
             if photo is not None:
                 key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(~seed, tf.int64), index]), _PHOTO_STREAM)
                 photo_seed = tf.random.experimental.stateless_split(key, 2)

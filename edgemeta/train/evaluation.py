@@ -52,7 +52,13 @@ def evaluate_keras(backbone: Any, sampler: EpisodeIndices, episodes: int = 600, 
                    metric: str = "squared_euclidean") -> EvalResult:
     """Evaluates a Keras embedding model (inference mode) by nearest prototype on the sampler's episodes:
     what the board's adapter does, in float."""
-    return evaluate_embedding(lambda x: backbone.predict(x, batch_size=batch_size, verbose=0), sampler, episodes, metric)
+    def embed(images):  # a dataset preprocessed on read (`PreprocessedImages`) is read a batch at a time
+        if isinstance(images, np.ndarray):
+            return backbone.predict(images, batch_size=batch_size, verbose=0)
+        return np.concatenate([backbone.predict(images[i : i + batch_size], batch_size=batch_size, verbose=0)
+                               for i in range(0, len(images), batch_size)])
+
+    return evaluate_embedding(embed, sampler, episodes, metric)
 
 
 def evaluate_learner(learner: Any, sampler: EpisodeSampler, episodes: int = 600) -> EvalResult:

@@ -16,6 +16,12 @@ OMNIGLOT_RECIPE = TrainConfig(
 RECIPES = {
     "omniglot": replace(OMNIGLOT_RECIPE, train_groups=OMNIGLOT_TRAIN + OMNIGLOT_TEST, test_groups=()),
     "omniglot-split": replace(OMNIGLOT_RECIPE, train_groups=OMNIGLOT_TRAIN, test_groups=OMNIGLOT_TEST),
+    # P>M>F (Hu et al. 2022) on a CPU's budget: ImageNet EfficientNet-Lite0, its last blocks fine-tuned with cosine
+    # ProtoNet episodes of mini-ImageNet `train`; what to fine-tune and for how long chosen on `val` (docs/photos.md).
+    "photos": TrainConfig(dataset="mini-imagenet", backbone="efficientnet_lite0", weights="imagenet", image_size=224,
+                          normalize="efficientnet-lite", learner_options={"metric": "cosine"},
+                          fine_tune="from:block6a_expand_conv", n_way=5, k_shot=5, n_query=10, steps=400, epochs=4,
+                          learning_rate=1e-4, seed=0, deterministic=True),
     "digits": TrainConfig(dataset="digits", rotations=True, n_way=10, k_shot=1, n_query=10, steps=400, epochs=4,
                           max_shift=1),
 }

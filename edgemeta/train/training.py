@@ -42,6 +42,10 @@ class TrainConfig:
     # its builder's options, e.g. {"width": 0.25} (backbone_options(name) lists them; training sets synchronized_bn)
     backbone_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # the backbone's initial weights: None/"none", "imagenet", or a Keras weights file's path
+    # What of the backbone trains (`set_fine_tuned`): "all" | "batchnorm" (only BatchNorm's scales and offsets, on
+    # batch statistics) | "from:LAYER" (that layer and every later one; the earlier layers frozen, BatchNorm in
+    # inference mode). P>M>F chooses it on validation classes (docs/photos.md).
+    fine_tune: str = "all"
     n_way: int = 5
     k_shot: int = 1
     n_query: int = 5
@@ -78,6 +82,9 @@ class TrainConfig:
             raise ValueError(f"steps and epochs must be positive. Received: steps={self.steps}, epochs={self.epochs}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}. Received: {self.mixed_precision!r}")
+        if not (self.fine_tune in ("all", "batchnorm") or (self.fine_tune.startswith("from:") and self.fine_tune[5:])):
+            raise ValueError("fine_tune must be 'all', 'batchnorm' or 'from:LAYER' (a layer name of the backbone). "
+                             f"Received: {self.fine_tune!r}")
 
 
 MIXED_PRECISIONS = ("auto", "float32", "float16", "bfloat16", None)
@@ -218,7 +225,31 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
             backbone = build_backbone(config.backbone, input_shape, config.weights, **options)
         finally:
             keras.mixed_precision.set_global_policy(policy)
+        set_fine_tuned(backbone, config.fine_tune)
         return build_learner(config.learner, backbone, **config.learner_options)
+
+
+def set_fine_tuned(backbone, fine_tune: str) -> None:
+    """Makes the part of `backbone` that `fine_tune` names trainable and freezes the rest (see `TrainConfig.fine_tune`).
+    A frozen BatchNorm runs in inference mode (tf_keras), so a frozen pretrained trunk computes what it was trained
+    to; "batchnorm" leaves only BatchNorm trainable, on batch statistics."""
+    from edgemeta.train.backend import keras
+
+    if fine_tune == "all":
+        backbone.trainable = True
+        return
+    if fine_tune == "batchnorm":
+        for layer in backbone.layers:
+            layer.trainable = isinstance(layer, keras.layers.BatchNormalization)
+        return
+    names = [layer.name for layer in backbone.layers]
+    first = fine_tune[len("from:"):]
+    if first not in names:
+        raise ValueError(f"fine_tune {fine_tune!r} names no layer of backbone {backbone.name!r}. Expected 'from:' and one "
+                         f"of its layers, e.g. {names[len(names) // 2]!r}. Received: {first!r}")
+    start = names.index(first)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start
 
 
 def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbacks: Sequence[Any] = (),

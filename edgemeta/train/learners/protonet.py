@@ -32,10 +32,27 @@ class ProtoNet(Learner):
 
     The way N is read from the labels at run time, so one model serves 5-way and 20-way episodes;
     that dynamic shape keeps XLA out, which on CPU is also the faster choice (`benchmarks/jit_compile.py`).
+
+    `metric="cosine"` compares unit-length embeddings (the prototype of unit vectors, as the runtime builds it
+    for a cosine bundle), with logits `-scale x squared distance`: pretrained photo backbones, whose features'
+    norms vary from image to image, train and classify better so (docs/photos.md). `scale` is the softmax's
+    inverse temperature; unit vectors' distances lie in [0, 4], so without it the loss barely moves.
     """
+
+    def __init__(self, backbone, metric: str = "squared_euclidean", scale: float = 10.0, **kwargs) -> None:
+        super().__init__(backbone, **kwargs)
+        if metric not in ("squared_euclidean", "cosine"):
+            raise ValueError(f"metric must be 'squared_euclidean' or 'cosine'. Received: {metric!r}")
+        if not scale > 0:
+            raise ValueError(f"scale must be positive. Received: {scale!r}")
+        self.metric, self.scale = metric, float(scale)
 
     def call(self, inputs, training=None):
         support, support_labels, query = inputs
         support_labels = tf.cast(support_labels, tf.int32)  # numpy callers pass int64
         support_emb, query_emb = self.embed_episode(self.backbone, support, query, training)
+        if self.metric == "cosine":
+            support_emb, query_emb = tf.math.l2_normalize(support_emb, -1), tf.math.l2_normalize(query_emb, -1)
+            protos = tf.math.l2_normalize(prototypes(support_emb, support_labels, self.way(support_labels)), -1)
+            return -self.scale * squared_distances(query_emb, protos)
         return -squared_distances(query_emb, prototypes(support_emb, support_labels, self.way(support_labels)))
