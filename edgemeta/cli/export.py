@@ -35,14 +35,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
-               data_dir: str | None = None, open_set_target: float | None = 0.05) -> tuple[Path, dict[str, Any]]:
+               data_dir: str | None = None, open_set_target: float | None = 0.05,
+               tasks: Sequence[tuple[int, int]] = ((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5,
+               provenance: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Converts a trained run to a bundle. When the run has held-out classes, measures the bundle's
     accuracy through the runtime (and the Keras model's on the same episodes) and records both in the
     manifest's provenance.
 
     With `open_set_target` (a false-accept rate; None skips), calibrates the "unknown" distance threshold
     through the written bundle on the run's training classes (`edgemeta.train.openset.calibrate_training_set`)
-    and stores it in the manifest's `open_set`."""
+    and stores it in the manifest's `open_set`. `tasks` (way, shot) and `n_query` are the held-out episodes measured;
+    `provenance` adds entries to the manifest's (e.g. a preset's recipe)."""
     from converters import export_bundle
     from edgemeta.format.bundle import update_open_set, update_provenance
     from edgemeta.train.openset import calibrate_training_set, check_target
@@ -58,18 +61,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
         "dataset": run["train_set"], "learner": run["learner"], "learner_options": config.learner_options,
         "backbone": config.backbone,
         "episodes": {k: getattr(config, k) for k in ("n_way", "k_shot", "n_query", "steps", "episodes_per_batch")},
-        "train_config": run["config"], "edgemeta_version": __version__,
+        "train_config": run["config"], "precision": run.get("precision"), "train_seconds": run.get("train_seconds"),
+        "edgemeta_version": __version__,
         "measured_accuracy": {
             "held_out": None,
             "note": "trained on every class of its data, so nothing is held out to measure here; the "
                     "same recipe on a held-out split is measured by benchmarks/omniglot_split.py",
         },
+        **(provenance or {}),
     }
     path = export_bundle(backbone, out_dir, train_set.preprocessing, quantization, train_set.images, run["metric"], provenance,
                          raw_shape=train_set.raw_shape)
     measured: dict[str, Any] = {}
     if test_set is not None and episodes:
-        measured = compare_on_test(backbone, path, test_set, episodes, metric=run["metric"], learner=learner)
+        measured = compare_on_test(backbone, path, test_set, episodes, tasks, n_query, metric=run["metric"], learner=learner)
         update_provenance(path, {**provenance, "measured_accuracy": measured})
     if open_set_target is not None:
         # Through the written bundle, so int8 effects are in the threshold the board will compare against.
@@ -90,11 +95,11 @@ def compare_on_test(backbone: Any, bundle: str | Path, test_set: Any, episodes: 
     import numpy as np
 
     from edgemeta.runtime import Embedder, FewShotAdapter
-    from edgemeta.runtime.evaluation import evaluate_adapter
+    from edgemeta.runtime.evaluation import MemoizedEmbedder, evaluate_adapter
     from edgemeta.train.episodes import EpisodeSampler
     from edgemeta.train.evaluation import evaluate_keras, evaluate_learner
 
-    embedder = Embedder.from_bundle(bundle)
+    embedder = MemoizedEmbedder(Embedder.from_bundle(bundle))  # each held-out image through the model once
     counts = np.bincount(test_set.labels)
     results: dict[str, Any] = {"held_out": {"classes": test_set.num_classes, "groups": sorted(set(test_set.groups))}}
     for n_way, k_shot in tasks:

@@ -15,9 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
     p = parser
     p.add_argument("name", choices=sorted(PRESETS))
-    p.add_argument("--data-dir", help="Omniglot zip directory")
+    p.add_argument("--data-dir", help="the recipe's dataset directory: Omniglot's zips (omniglot; default "
+                   "$EDGEMETA_OMNIGLOT_DIR) or mini-ImageNet's (photos; default $EDGEMETA_MINI_IMAGENET_DIR)")
     p.add_argument("--out", help="bundle directory (default: inside the installed package)")
-    p.add_argument("--work-dir", default="runs/preset-omniglot")
+    p.add_argument("--work-dir", help="the training run's directory (default: runs/preset-NAME)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +27,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_preset(name: str, data_dir: str | None = None, out_dir: str | Path | None = None,
-                 work_dir: str | Path = "runs/preset-omniglot") -> Path:
-    """Rebuilds preset `name` from its registered recipe: trains on all its data, exports int8, writes the
-    bundle (by default into the package, replacing the shipped one)."""
+                 work_dir: str | Path | None = None) -> Path:
+    """Rebuilds preset `name` from its registered recipe: trains, exports int8, measures it on the recipe's
+    held-out classes where it has them (the preset's `tasks`, through the runtime and the Keras float model on the
+    same episodes) and writes the bundle, by default into the package, replacing the shipped one. The manifest
+    records the recipe and the command."""
     from edgemeta.cli.export import export_run
     from edgemeta.presets import PRESETS
     from edgemeta.train.recipes import RECIPES
@@ -38,6 +41,9 @@ def build_preset(name: str, data_dir: str | None = None, out_dir: str | Path | N
         raise ValueError(f"Unknown preset {name!r}. Expected one of {sorted(PRESETS)}")
     preset = PRESETS[name]
     config = replace(RECIPES[preset.recipe], data_dir=data_dir)
-    train(config, Path(work_dir), verbose=2)
-    path, _ = export_run(work_dir, out_dir or preset.path, "int8", episodes=0, data_dir=data_dir)
+    work_dir = Path(work_dir or f"runs/preset-{name}")
+    train(config, work_dir, verbose=2)
+    recipe = {"preset": name, "recipe": preset.recipe, "command": f"edgemeta preset {name}"}
+    path, _ = export_run(work_dir, out_dir or preset.path, "int8", episodes=preset.episodes, data_dir=data_dir,
+                         tasks=preset.tasks, n_query=preset.n_query, provenance=recipe)
     return path

@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
                         "default (one device); auto picks multi-worker when TF_CONFIG is set, mirrored with several GPUs")
     p.add_argument("--cpu-replicas", type=int,
                    help="mirrored without GPUs: split the CPU into N logical devices (for trying it out)")
+    p.add_argument("--batch-size", type=int, help="images per step for --learner classifier (default 128)")
     p.add_argument("--episodes-per-batch", type=int, help="global batch of episodes per step, split across replicas")
     p.add_argument("--mixed-precision", choices=["auto", "float32", "float16", "bfloat16"],
                    help="the backbone computes in float16 (with loss scaling; GPUs) or bfloat16; weights stay float32. "
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                "max_shear": args.max_shear, "n_way": args.way, "k_shot": args.shot, "n_query": args.query, "seed": args.seed,
                "image_size": args.image_size, "invert": args.invert, "episodes_per_batch": args.episodes_per_batch,
                "mixed_precision": args.mixed_precision, "jit_compile": args.jit_compile, "backbone": args.backbone,
-               "weights": args.weights, "fine_tune": args.fine_tune}
+               "weights": args.weights, "fine_tune": args.fine_tune,
+               "batch_size": args.batch_size}
     config = replace(base, **{k: v for k, v in mapping.items() if v is not None})
     inputs = {"channels": args.channels, "resize": args.resize, "resize_to": args.resize_to, "normalize": args.normalize,
               "augment": args.augment}

@@ -10,7 +10,6 @@ import numpy as np
 
 from edgemeta.format.preprocessing import Preprocessing
 
-
 # Above this many bytes of preprocessed float32, `from_raw` keeps the raw pixels and preprocesses on read
 # (`PreprocessedImages`): mini-ImageNet's `train` upscaled to 224x224 would be 11.6 GB in memory, its raw pixels are 0.4 GB.
 EAGER_LIMIT_BYTES = 1 << 30

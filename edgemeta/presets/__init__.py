@@ -16,6 +16,11 @@ class Preset:
     name: str
     knows: str
     recipe: str
+    # The held-out episodes measured into its manifest when it is rebuilt: (way, shot) tasks, queries per class and
+    # episodes; none when the recipe trains on every class it has (Omniglot's; measured on a split instead).
+    tasks: tuple[tuple[int, int], ...] = ()
+    n_query: int = 15
+    episodes: int = 0
 
     @property
     def path(self) -> Path:
@@ -25,6 +30,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "omniglot": Preset("omniglot", "handwritten symbols: dark ink on a light background, any size (resized to 28x28)",
                        "omniglot"),
+    "photos": Preset("photos", "objects in colour photos of any size and mode (resized to 224x224): products, parts, "
+                     "plants, animals, tools", "photos", tasks=((5, 1), (5, 5), (16, 1)), n_query=15, episodes=600),
 }
 
 

@@ -131,6 +131,51 @@ class EpisodeSampler(EpisodeIndices):
         return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def labelled_batches(dataset, batch_size: int, seed: int = 0, start: int = 0, photo: PhotoAugment | None = None,
+                     input_context: tf.distribute.InputContext | None = None, **augment: float) -> tf.data.Dataset:
+    """Infinite dataset of `(images, labels)` batches of `dataset` for learners that train by classification
+    (`Classifier`): batch `b` is `batch_size` distinct images drawn uniformly from `(seed, b)` alone (so a resumed or
+    distributed run sees the batches one uninterrupted run would), augmented as `EpisodeSampler.episodes` augments
+    episodes. Labels are the dataset's class indices. With an `input_context`, this pipeline makes its replicas'
+    slices of each global batch."""
+    augment = {k: float(v) for k, v in augment.items() if v}
+    images, labels, n = dataset.images, np.asarray(dataset.labels, np.int32), len(dataset)
+    if batch_size < 1 or batch_size > n:
+        raise ValueError(f"batch_size must be in [1, {n}] (the dataset's images). Received: {batch_size}")
+    batch, pipelines, pipeline = batch_size, 1, 0
+    if input_context is not None:
+        batch = input_context.get_per_replica_batch_size(batch_size)
+        pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+    share = batch_size // pipelines
+
+    def indices(b):
+        chosen = np.random.default_rng([seed, int(b)]).choice(n, batch_size, replace=False)
+        return chosen[pipeline * share : (pipeline + 1) * share].astype(np.int64)
+
+    lazy = isinstance(images, PreprocessedImages)
+    table = None if lazy else tf.constant(images)
+
+    def make(b):
+        idx = tf.numpy_function(indices, [b], tf.int64, stateful=False)
+        idx.set_shape([share])
+        if lazy:
+            x = tf.numpy_function(lambda i: images[i], [idx], tf.float32, stateful=False)
+            x.set_shape([share, *images.shape[1:]])
+        else:
+            x = tf.gather(table, idx)
+        key = tf.stack([tf.constant(~seed, tf.int64), b])
+        if photo is not None:
+            x = photo_augment(x, tf.random.experimental.stateless_fold_in(key, _PHOTO_STREAM), photo, dataset.preprocessing)
+        if augment:
+            x = random_affine(x, key, **augment)
+        return x, tf.gather(labels, idx)
+
+    ds = tf.data.Dataset.counter(start).map(make, num_parallel_calls=tf.data.AUTOTUNE)
+    if batch != share:  # several replicas per pipeline: each gets its own slice, batched
+        ds = ds.unbatch().batch(batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def random_affine(images: tf.Tensor, seed: tf.Tensor, max_shift: float = 0.0, max_rotation: float = 0.0,
                   max_scale: float = 0.0, max_shear: float = 0.0) -> tf.Tensor:
     """Applies an independent random affine map to each image of `(n, H, W, C)`: translation up to

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from edgemeta.data.dataset import ImageClassDataset
+from edgemeta.data.dataset import ImageClassDataset, PreprocessedImages
 from edgemeta.data.episodes import OpenSetEpisodes
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.evaluation import ci95
@@ -47,7 +48,7 @@ def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset
     # Classes too small for the larger table shot counts just leave those counts out of the table.
     ks = [k for k in ks if k <= sampler.shots]
     metric = embedder.manifest.metric
-    x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
+    x = for_metric(embed_all(embedder, dataset.images).astype(np.float64), metric)
     nearest_impostor, nearest_genuine, per_class = [], [], {k: [] for k in ks}
     with _one_blas_thread():
         for shots, genuine, impostors in sampler.take(episodes):
@@ -83,6 +84,10 @@ def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset
     }
 
 
+# Images per class that calibration reads of a dataset preprocessed on read (mini-ImageNet `train`: 30 of 300).
+LARGE_SET_IMAGES_PER_CLASS = 30
+
+
 def calibrate_training_set(bundle_or_embedder: str | os.PathLike | Embedder, train_set, target_false_accept: float = 0.05,
                            n_way: int = 20, k_shot: int = 1, episodes: int = 300, seed: int = 0) -> dict[str, Any]:
     """What `export_run` stores: `calibrate_open_set` on a run's own training classes, upright only
@@ -90,6 +95,11 @@ def calibrate_training_set(bundle_or_embedder: str | os.PathLike | Embedder, tra
     fit the data (one class fewer than the largest group, so some class is never enrolled)."""
     check_target(target_false_accept)
     upright = drop_rotated_copies(train_set)
+    if isinstance(upright.images, PreprocessedImages):  # a large photo set: its first images of each class suffice
+        keep = np.concatenate([np.flatnonzero(upright.labels == c)[:LARGE_SET_IMAGES_PER_CLASS]
+                               for c in range(upright.num_classes)])
+        upright = replace(upright, images=upright.images.take(keep), labels=upright.labels[keep],
+                          raw=None if upright.raw is None else [upright.raw[i] for i in keep])
     largest_group = max(upright.groups.count(g) for g in set(upright.groups))
     if largest_group < 2:
         raise ValueError(f"Open-set calibration needs a group with at least 2 classes. Received: {upright!r}")
@@ -112,7 +122,7 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
         raise ValueError(f"threshold must be a non-negative distance or an open_set dict. Received: {threshold!r}")
     sampler = _episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=k_shot)
     metric = embedder.manifest.metric
-    x = for_metric(embedder.embed_preprocessed(dataset.images).astype(np.float64), metric)
+    x = for_metric(embed_all(embedder, dataset.images).astype(np.float64), metric)
     rejected, false_reject, correct, correct_accepted = [], [], [], []
     truth = np.repeat(np.arange(sampler.n_way), n_query)
     with _one_blas_thread():
@@ -177,6 +187,13 @@ def _episodes(dataset: ImageClassDataset, n_way: int, k_shot: int, n_query: int,
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer. Received: {episodes!r}")
     return OpenSetEpisodes(dataset, n_way, k_shot, n_query, within_group, seed, shots_needed)
+
+
+def embed_all(embedder: Embedder, images: Any, batch: int = 256) -> np.ndarray:
+    """`embedder.embed_preprocessed` over a dataset's images, a batch at a time when they are preprocessed on read."""
+    if isinstance(images, np.ndarray):
+        return embedder.embed_preprocessed(images)
+    return np.concatenate([embedder.embed_preprocessed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def _embedder(bundle_or_embedder: str | os.PathLike | Embedder) -> Embedder:

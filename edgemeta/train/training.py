@@ -50,6 +50,7 @@ class TrainConfig:
     k_shot: int = 1
     n_query: int = 5
     episodes_per_batch: int = 1
+    batch_size: int = 128  # images per step for learners that train on labelled batches (classifier), not episodes
     steps: int = 1000  # total training episodes batches
     epochs: int = 10  # steps are split into this many epochs (progress, checkpoints, callbacks)
     learning_rate: float = 1e-3
@@ -139,6 +140,8 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     if train_set is None:
         train_set, test_set = load_split(config)
     config = resolve_data(config, train_set)  # run.json records what the data's defaults chose
+    if trains_on_batches(config.learner) and "num_classes" not in config.learner_options:
+        config = replace(config, learner_options={**config.learner_options, "num_classes": train_set.num_classes})
     strategy = tf.distribute.get_strategy()
     cluster = describe(strategy)
     precision = resolve_mixed_precision(config)
@@ -229,6 +232,13 @@ def build_for_training(config: TrainConfig, input_shape: tuple[int, int, int]):
         return build_learner(config.learner, backbone, **config.learner_options)
 
 
+def trains_on_batches(learner: str) -> bool:
+    """Whether learner `learner` trains on labelled batches of all training classes (`Classifier`), not episodes."""
+    from edgemeta.train.learners.base import _builder
+
+    return getattr(_builder(learner).learner_class, "trains_on", "episodes") == "batches"
+
+
 def set_fine_tuned(backbone, fine_tune: str) -> None:
     """Makes the part of `backbone` that `fine_tune` names trainable and freezes the rest (see `TrainConfig.fine_tune`).
     A frozen BatchNorm runs in inference mode (tf_keras), so a frozen pretrained trunk computes what it was trained
@@ -289,6 +299,11 @@ def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbac
     start = first_epoch * steps_per_epoch * config.episodes_per_batch
 
     def episodes(input_context=None):
+        if getattr(net, "trains_on", "episodes") == "batches":
+            from edgemeta.train.episodes import labelled_batches
+
+            return labelled_batches(train_set, config.batch_size, config.seed, first_epoch * steps_per_epoch,
+                                    input_context=input_context, **augment)
         return sampler.episodes(config.episodes_per_batch, start=start, input_context=input_context, **augment)
 
     # Inside a strategy's scope each input pipeline builds its own share (distribute_datasets_from_function).
