@@ -117,7 +117,12 @@ def run_learner_test(name: str, options: dict[str, Any] | None = None, *, learni
     before = learner.evaluate(fixed, verbose=0)[0]
     # Slots made up front: fit traces its step once instead of twice (the first trace would create them).
     learner.optimizer.build(learner.trainable_variables)
-    learner.fit(episodes, steps_per_epoch=steps, epochs=1, verbose=0)
+    if getattr(learner, "trains_on", "episodes") == "batches":  # a classifier: labelled batches of all training classes
+        from edgemeta.train.episodes import labelled_batches
+
+        learner.fit(labelled_batches(train, 16), steps_per_epoch=steps, epochs=1, verbose=0)
+    else:
+        learner.fit(episodes, steps_per_epoch=steps, epochs=1, verbose=0)
     after = learner.evaluate(fixed, verbose=0)[0]
     assert after < 0.7 * before, f"{name}: loss {before:.3f} -> {after:.3f} in {steps} steps (expected < 0.7 x)"
     learner.finish_training(train.images)

@@ -21,6 +21,9 @@ LEARNER_CASES = [
     pytest.param("matching", {}, {}, id="matching"),
     pytest.param("metasgd", {}, {}, id="metasgd", marks=SLOW),
     pytest.param("protonet", {}, {}, id="protonet"),
+    pytest.param("protonet", {"metric": "cosine"}, {}, id="protonet-cosine"),
+    # Trained on labelled batches of the 8 training classes, measured like the others on episodes.
+    pytest.param("classifier", {"num_classes": 8}, {}, id="classifier"),
     # The relation MLP saturates (sigmoid -> 0) at 3e-3; its MSE loss then learns more slowly.
     pytest.param("relation", {}, {"learning_rate": 1e-3, "steps": 80}, id="relation"),
     pytest.param("reptile", FEW_INNER_STEPS, {"learning_rate": 1.0}, id="reptile", marks=SLOW),  # SGD meta-step on the weights
