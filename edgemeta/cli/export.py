@@ -21,10 +21,22 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
     p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
     p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
+    p.add_argument("--tasks", nargs="+", type=way_by_shot, default=[(5, 1), (5, 5), (20, 1), (20, 5)], metavar="WAYxSHOT",
+                   help="held-out tasks measured, e.g. 5x1 5x5 16x1 (default: 5x1 5x5 20x1 20x5; those the data allows)")
+    p.add_argument("--query", type=int, default=5, help="query images per class in the measured episodes")
+
+
+def way_by_shot(text: str) -> tuple[int, int]:
+    """"5x1" -> (5, 1)."""
+    way, sep, shot = text.partition("x")
+    if not (sep and way.isdigit() and shot.isdigit() and int(way) >= 2 and int(shot) >= 1):
+        raise argparse.ArgumentTypeError(f"expected WAYxSHOT such as 5x1 (way >= 2, shot >= 1). Received: {text!r}")
+    return int(way), int(shot)
 
 
 def run(args: argparse.Namespace) -> int:
-    path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir)
+    path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir, tasks=args.tasks,
+                                n_query=args.query)
     print(f"Bundle written to {path}/")
     for task, r in measured.items():
         if "runtime" in r:
