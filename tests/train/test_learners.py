@@ -24,6 +24,8 @@ LEARNER_CASES = [
     pytest.param("protonet", {"metric": "cosine"}, {}, id="protonet-cosine"),
     # Trained on labelled batches of the 8 training classes, measured like the others on episodes.
     pytest.param("classifier", {"num_classes": 8}, {}, id="classifier"),
+    # A student that keeps a (random, frozen) teacher's geometry at half its resolution, as a fast photo student does.
+    pytest.param("distill", {"teacher": "half-resolution"}, {}, id="distill"),
     # The relation MLP saturates (sigmoid -> 0) at 3e-3; its MSE loss then learns more slowly.
     pytest.param("relation", {}, {"learning_rate": 1e-3, "steps": 80}, id="relation"),
     pytest.param("reptile", FEW_INNER_STEPS, {"learning_rate": 1.0}, id="reptile", marks=SLOW),  # SGD meta-step on the weights
@@ -39,6 +41,8 @@ def test_every_registered_learner_has_a_case():
 
 @pytest.mark.parametrize("name,options,fit", LEARNER_CASES)
 def test_learner(name, options, fit):
+    if options.get("teacher") == "half-resolution":  # built here, not at collection: a model per test run
+        options = {**options, "teacher": tiny_backbone(size=32)}
     run_learner_test(name, options, **fit)
 
 

@@ -6,6 +6,7 @@ from edgemeta.train.learners.anil import ANIL
 from edgemeta.train.learners.backbones import BACKBONES, build_backbone, check_learner, conv4, supported_learners
 from edgemeta.train.learners.base import LEARNERS, Learner, build_learner, learner_options, register_learner
 from edgemeta.train.learners.classifier import Classifier
+from edgemeta.train.learners.distiller import Distiller
 from edgemeta.train.learners.maml import MAML
 from edgemeta.train.learners.matching import MatchingNet
 from edgemeta.train.learners.metasgd import MetaSGD
@@ -13,6 +14,6 @@ from edgemeta.train.learners.protonet import ProtoNet
 from edgemeta.train.learners.relation import RelationNet
 from edgemeta.train.learners.reptile import Reptile
 
-__all__ = ["ANIL", "BACKBONES", "Classifier", "LEARNERS", "Learner", "MAML", "MatchingNet", "MetaSGD", "ProtoNet", "RelationNet",
-           "Reptile", "build_backbone", "build_learner", "check_learner", "conv4", "learner_options", "register_learner",
-           "supported_learners"]
+__all__ = ["ANIL", "BACKBONES", "Classifier", "Distiller", "LEARNERS", "Learner", "MAML", "MatchingNet", "MetaSGD",
+           "ProtoNet", "RelationNet", "Reptile", "build_backbone", "build_learner", "check_learner", "conv4",
+           "learner_options", "register_learner", "supported_learners"]

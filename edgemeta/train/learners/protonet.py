@@ -51,6 +51,10 @@ class ProtoNet(Learner):
         support, support_labels, query = inputs
         support_labels = tf.cast(support_labels, tf.int32)  # numpy callers pass int64
         support_emb, query_emb = self.embed_episode(self.backbone, support, query, training)
+        return self.logits(support_emb, support_labels, query_emb)
+
+    def logits(self, support_emb, support_labels, query_emb):
+        """Query logits `(B, M, N)` from embedded support `(B, S, D)` (labels `(B, S)`) and queries `(B, M, D)`."""
         if self.metric == "cosine":
             support_emb, query_emb = tf.math.l2_normalize(support_emb, -1), tf.math.l2_normalize(query_emb, -1)
             protos = tf.math.l2_normalize(prototypes(support_emb, support_labels, self.way(support_labels)), -1)

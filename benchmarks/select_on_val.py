@@ -1,0 +1,56 @@
+"""How long to train, chosen on validation classes: a run's per-epoch checkpoints (`edgemeta train --checkpoints`)
+evaluated on its held-out split (mini-ImageNet `val`) by nearest prototype, Keras float, on identical episodes.
+
+    python benchmarks/select_on_val.py runs/photos-b6 --tasks 5x1 5x5 --episodes 600 --out runs/photos-b6/selection.json
+
+Prints one row per checkpoint (and the final model) with each task's accuracy and 95 % interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from edgemeta.cli.export import way_by_shot
+from edgemeta.train.episodes import EpisodeSampler
+from edgemeta.train.evaluation import evaluate_keras
+from edgemeta.train.training import TrainConfig, load_learner, load_split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--tasks", nargs="+", type=way_by_shot, default=[(5, 1), (5, 5)])
+    parser.add_argument("--query", type=int, default=15)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=1, help="episode seed (export measures with 1)")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    learner, run = load_learner(args.run)
+    _, val = load_split(TrainConfig(**run["config"]), load_train=False)
+    candidates = sorted((Path(args.run) / "checkpoints").glob("epoch*.weights.h5")) + [None]
+    rows = []
+    for checkpoint in candidates:
+        start = time.time()
+        if checkpoint is not None:
+            learner.load_weights(checkpoint)
+        else:
+            learner, _ = load_learner(args.run)
+        row = {"model": checkpoint.name if checkpoint else "final"}
+        for way, shot in args.tasks:
+            result = evaluate_keras(learner.backbone, EpisodeSampler(val, way, shot, args.query, seed=args.seed), args.episodes,
+                                    metric=run["metric"])
+            row[f"{way}-way {shot}-shot"] = [round(100 * result.accuracy, 2), round(100 * result.ci95, 2)]
+        row["seconds"] = round(time.time() - start, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"run": args.run, "episodes": args.episodes, "query": args.query,
+                                              "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
