@@ -80,7 +80,7 @@ class MemoizedEmbedder:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         images = list(images) if isinstance(images, (list, tuple)) else [images]
-        missing = [x for x in images if self._cache.get(id(x), (None,))[0] is not x]
+        missing = list({id(x): x for x in images if self._cache.get(id(x), (None,))[0] is not x}.values())
         if missing:
             for x, e in zip(missing, self._embedder.embed(missing)):
                 self._cache[id(x)] = (x, e)
