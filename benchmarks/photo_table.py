@@ -73,7 +73,7 @@ def accuracy_rows(runs: dict[str, str], bundles: dict[str, str], tasks, episodes
     from edgemeta.runtime.evaluation import MemoizedEmbedder, evaluate_adapter
     from edgemeta.train.backbones import build_backbone, input_options
     from edgemeta.train.episodes import EpisodeSampler
-    from edgemeta.train.evaluation import evaluate_keras
+    from edgemeta.train.evaluation import embed_once, evaluate_embedding
     from edgemeta.train.training import TrainConfig, load_run, load_split
 
     rows = []
@@ -89,8 +89,9 @@ def accuracy_rows(runs: dict[str, str], bundles: dict[str, str], tasks, episodes
             backbone, info = load_run(path)
             metric = info["metric"]
         row = {"model": name, "kind": "Keras float", "input": val.preprocessing.input_shape[0]}
+        embeddings = embed_once(backbone, val.images)
         for way, shot in tasks:
-            r = evaluate_keras(backbone, EpisodeSampler(val, way, shot, query, seed=1), episodes, metric=metric)
+            r = evaluate_embedding(lambda _, e=embeddings: e, EpisodeSampler(val, way, shot, query, seed=1), episodes, metric)
             row[f"{way}-way {shot}-shot"] = [round(100 * r.accuracy, 2), round(100 * r.ci95, 2)]
         rows.append(row)
         print(json.dumps(row), flush=True)

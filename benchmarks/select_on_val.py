@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgemeta.cli.export import way_by_shot
 from edgemeta.train.episodes import EpisodeSampler
-from edgemeta.train.evaluation import evaluate_keras
+from edgemeta.train.evaluation import embed_once, evaluate_embedding
 from edgemeta.train.training import TrainConfig, load_learner, load_split
 
 
@@ -40,9 +40,10 @@ def main() -> None:
         else:
             learner, _ = load_learner(args.run)
         row = {"model": checkpoint.name if checkpoint else "final"}
+        embeddings = embed_once(learner.backbone, val.images)  # every task's episodes index the same embeddings
         for way, shot in args.tasks:
-            result = evaluate_keras(learner.backbone, EpisodeSampler(val, way, shot, args.query, seed=args.seed), args.episodes,
-                                    metric=run["metric"])
+            result = evaluate_embedding(lambda _, e=embeddings: e, EpisodeSampler(val, way, shot, args.query, seed=args.seed),
+                                        args.episodes, metric=run["metric"])
             row[f"{way}-way {shot}-shot"] = [round(100 * result.accuracy, 2), round(100 * result.ci95, 2)]
         row["seconds"] = round(time.time() - start, 1)
         rows.append(row)

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
     p = parser
     p.add_argument("--out", required=True, help="run directory to write (embedding.keras, learner.weights.h5, run.json)")
-    p.add_argument("--learner", default="protonet",
-                   help="protonet, matching, relation, maml, fomaml, anil, metasgd or reptile (default: protonet)")
+    p.add_argument("--learner", help="protonet, matching, relation, maml, fomaml, anil, metasgd, reptile, classifier "
+                   "(pretraining by classification) or distill (--option teacher=RUN_DIR) (default: the recipe's, else protonet)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a learner option, e.g. --option inner_steps=5 --option inner_lr=0.1 (repeatable)")
     p.add_argument("--backbone", help="embedding backbone: conv4 (default), resnet12, mobilenet_v3_small, mobilenet_v3_large "
@@ -117,13 +117,14 @@ def run(args: argparse.Namespace) -> int:
     # First: splitting the CPU into logical devices must precede TensorFlow's first use of a device.
     strategy = make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
     from edgemeta.train.distribute import describe
-    from edgemeta.train.recipes import LEARNER_SETTINGS, recipe_for
+    from edgemeta.train.recipes import LEARNER_SETTINGS, RECIPES, recipe_for
     from edgemeta.train.training import TrainConfig, resolve_mixed_precision, train
 
     if args.recipe:
-        base = recipe_for(args.recipe, args.learner)
+        base = recipe_for(args.recipe, args.learner or RECIPES[args.recipe].learner)
     else:
-        base = TrainConfig(dataset=args.dataset or "digits", learner=args.learner, **LEARNER_SETTINGS.get(args.learner, {}))
+        learner = args.learner or "protonet"
+        base = TrainConfig(dataset=args.dataset or "digits", learner=learner, **LEARNER_SETTINGS.get(learner, {}))
     if args.option:
         base = replace(base, learner_options={**base.learner_options, **learner_options(args.option)})
     if args.backbone_option:

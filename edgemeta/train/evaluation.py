@@ -52,13 +52,16 @@ def evaluate_keras(backbone: Any, sampler: EpisodeIndices, episodes: int = 600, 
                    metric: str = "squared_euclidean") -> EvalResult:
     """Evaluates a Keras embedding model (inference mode) by nearest prototype on the sampler's episodes:
     what the board's adapter does, in float."""
-    def embed(images):  # a dataset preprocessed on read (`PreprocessedImages`) is read a batch at a time
-        if isinstance(images, np.ndarray):
-            return backbone.predict(images, batch_size=batch_size, verbose=0)
-        return np.concatenate([backbone.predict(images[i : i + batch_size], batch_size=batch_size, verbose=0)
-                               for i in range(0, len(images), batch_size)])
+    return evaluate_embedding(lambda images: embed_once(backbone, images, batch_size), sampler, episodes, metric)
 
-    return evaluate_embedding(embed, sampler, episodes, metric)
+
+def embed_once(backbone: Any, images: Any, batch_size: int = 512) -> np.ndarray:
+    """A Keras embedding model's (inference mode) embeddings of every image of a dataset; one preprocessed on read
+    (`PreprocessedImages`) is read a batch at a time."""
+    if isinstance(images, np.ndarray):
+        return backbone.predict(images, batch_size=batch_size, verbose=0)
+    return np.concatenate([backbone.predict(images[i : i + batch_size], batch_size=batch_size, verbose=0)
+                           for i in range(0, len(images), batch_size)])
 
 
 def evaluate_learner(learner: Any, sampler: EpisodeSampler, episodes: int = 600) -> EvalResult:

@@ -22,6 +22,13 @@ RECIPES = {
                           normalize="efficientnet-lite", learner_options={"metric": "cosine"},
                           fine_tune="from:block6a_expand_conv", n_way=5, k_shot=5, n_query=10, steps=400, epochs=4,
                           learning_rate=1e-4, seed=0, deterministic=True),
+    # (c): the photos preset distilled into EfficientNet-Lite0 at 112x112 (a quarter of the pixels: measured faster in
+    # docs/photos.md), ImageNet-initialised, keeping the teacher's cosine geometry. The teacher is the preset's run.
+    "photos-student": TrainConfig(dataset="mini-imagenet", backbone="efficientnet_lite0", weights="imagenet", image_size=112,
+                                  normalize="efficientnet-lite", learner="distill",
+                                  learner_options={"metric": "cosine", "teacher": "runs/preset-photos"},
+                                  n_way=5, k_shot=5, n_query=10, steps=400, epochs=4, learning_rate=1e-4, seed=0,
+                                  deterministic=True),
     "digits": TrainConfig(dataset="digits", rotations=True, n_way=10, k_shot=1, n_query=10, steps=400, epochs=4,
                           max_shift=1),
 }
