@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgemeta.cli.export import way_by_shot
 from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.train.evaluation import embed_once, evaluate_embedding
@@ -26,6 +28,9 @@ def main() -> None:
     parser.add_argument("--query", type=int, default=15)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1, help="episode seed (export measures with 1)")
+    parser.add_argument("--center", type=int, default=0, metavar="N",
+                        help="also measure embeddings centred on the mean embedding of N training images per class "
+                             "(SimpleShot's CL2N), the final model only")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
 
@@ -45,6 +50,15 @@ def main() -> None:
             result = evaluate_embedding(lambda _, e=embeddings: e, EpisodeSampler(val, way, shot, args.query, seed=args.seed),
                                         args.episodes, metric=run["metric"])
             row[f"{way}-way {shot}-shot"] = [round(100 * result.accuracy, 2), round(100 * result.ci95, 2)]
+        if args.center and checkpoint is None:
+            train, _ = load_split(TrainConfig(**run["config"]))
+            keep = np.concatenate([np.flatnonzero(train.labels == c)[: args.center] for c in range(train.num_classes)])
+            mean = embed_once(learner.backbone, train.images.take(keep, axis=0)).mean(0)
+            centred = embeddings - mean
+            for way, shot in args.tasks:
+                result = evaluate_embedding(lambda _, e=centred: e, EpisodeSampler(val, way, shot, args.query, seed=args.seed),
+                                            args.episodes, metric=run["metric"])
+                row[f"centred {way}-way {shot}-shot"] = [round(100 * result.accuracy, 2), round(100 * result.ci95, 2)]
         row["seconds"] = round(time.time() - start, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)

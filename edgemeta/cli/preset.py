@@ -42,8 +42,28 @@ def build_preset(name: str, data_dir: str | None = None, out_dir: str | Path | N
     preset = PRESETS[name]
     config = replace(RECIPES[preset.recipe], data_dir=data_dir)
     work_dir = Path(work_dir or f"runs/preset-{name}")
-    train(config, work_dir, verbose=2)
+    if trained_with(work_dir, config):
+        print(f"{work_dir}/ already holds a finished run of the {preset.recipe!r} recipe: exporting it without retraining.")
+    else:
+        train(config, work_dir, verbose=2)
     recipe = {"preset": name, "recipe": preset.recipe, "command": f"edgemeta preset {name}"}
     path, _ = export_run(work_dir, out_dir or preset.path, "int8", episodes=preset.episodes, data_dir=data_dir,
                          tasks=preset.tasks, n_query=preset.n_query, provenance=recipe)
     return path
+
+
+def trained_with(run_dir: Path, config) -> bool:
+    """Whether `run_dir` holds a finished run (`run.json` is written last) whose recorded config has every setting
+    `config` sets (those it leaves to the data, None, are resolved in the run; where the data lives does not count)."""
+    import json
+    from dataclasses import asdict
+
+    run_file = run_dir / "run.json"
+    if not run_file.is_file() or not (run_dir / "embedding.keras").is_file():
+        return False
+    recorded = json.loads(run_file.read_text()).get("config", {})
+    defaults = asdict(type(config)())
+    # A setting newer than the run is absent from its record: the run had its default.
+    wanted = {k: v for k, v in asdict(config).items() if v is not None and k != "data_dir"
+              and (k in recorded or v != defaults[k])}
+    return all(json.loads(json.dumps(v, default=list)) == recorded.get(k) for k, v in wanted.items())
