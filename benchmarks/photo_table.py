@@ -146,7 +146,7 @@ def device_rows(bundles: dict[str, str], files: list[str], rounds: int) -> list[
                "latency_ratio_to_first": round(float(np.median(np.array(latencies[names[0]]) / np.array(latencies[name]))), 2),
                "peak_rss_mib": round(child(str(bundle), "memory", files)["peak_mib"], 1)}
         for profile in PROFILES:
-            plan = subprocess.run([sys.executable, "-m", "edgemeta", "device", "check", "--device", profile, "--json",
+            plan = subprocess.run([sys.executable, "-m", "edgemeta.cli", "device", "check", "--device", profile, "--json",
                                    str(bundle)], capture_output=True, text=True, cwd=ROOT, check=False)
             report = json.loads(plan.stdout[plan.stdout.index("{"):]) if "{" in plan.stdout else {}
             row[profile] = {"fits_1000_classes": report.get("fits"), "max_classes": report.get("max_classes")}

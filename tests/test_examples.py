@@ -47,3 +47,17 @@ def test_own_images_example(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Learned 5 new classes from 3 images each" in result.stdout
     assert (tmp_path / "runs" / "example-own-images" / "taught.store").is_file()
+
+
+def test_photos_example_teaches_three_objects_and_keeps_them(tmp_path):
+    from edgemeta.data.mini_imagenet import default_data_dir
+
+    if not (default_data_dir() / "val.zip").is_file():
+        pytest.skip(f"mini-ImageNet val.zip not found in {default_data_dir()} (set EDGEMETA_MINI_IMAGENET_DIR)")
+    first = run_example("photos.py", "--out", tmp_path / "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Taught 3 objects from 5 photos each" in first.stdout
+    recognised, total = map(int, first.stdout.split("recognised ")[1].split(" new")[0].split(" of "))
+    assert total == 30 and recognised >= 25, first.stdout
+    again = run_example("photos.py", "--out", tmp_path / "out", cwd=tmp_path)  # the store kept what was taught
+    assert again.returncode == 0 and again.stdout.split("recognised ")[1] == first.stdout.split("recognised ")[1]

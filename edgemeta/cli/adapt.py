@@ -29,14 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgemeta.profiles import BOARD_BATCH
+    from edgemeta.presets import preset_path
+    from edgemeta.profiles import board_batch
     from edgemeta.runtime import FewShotAdapter
     from edgemeta.runtime.threshold import parse_threshold
 
     threshold = parse_threshold(args.unknown_threshold)
     # Only a run that changes the store writes it: classifying and listing read it beside a running writer.
     options = {"state": args.state, "unknown_threshold": threshold, "memory_budget": args.memory_budget,
-               "read_only": not (args.support or args.forget), "max_batch": BOARD_BATCH}  # device check's batch
+               "read_only": not (args.support or args.forget),
+               "max_batch": board_batch(args.bundle or preset_path(args.preset))}  # device check's batch
     with (FewShotAdapter.from_bundle(args.bundle, **options) if args.bundle
           else FewShotAdapter.from_preset(args.preset, **options)) as adapter:
         return _run(args, adapter)

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     q.add_argument("--device", required=True, help="a profile name (edgemeta device list) or a profile .json")
     q.add_argument("--classes", type=int, default=1000, help="classes you plan to enroll (default 1000)")
     q.add_argument("--shots", type=int, default=5, help="shots per class (default 5)")
-    q.add_argument("--batch", type=int, default=8, help="images per interpreter call (default 8, as on a board: "
-                                                         "edgemeta.profiles.BOARD_BATCH)")
+    q.add_argument("--batch", type=int, help="images per interpreter call (default: as on a board, "
+                   "edgemeta.profiles.board_batch: 8, fewer for large inputs, 1 for 224x224 photos)")
     q.add_argument("--prototype-dtype", choices=["float32", "int8"], default="float32")
     q.add_argument("--keep-support", choices=["embeddings", "images"], default=None)
     q.add_argument("--budget", help="override the profile's memory budget, e.g. 48MB")
@@ -60,9 +60,11 @@ def _check(args: argparse.Namespace) -> int:
     """Predicts the adapter's resident memory for the bundle on the board; 0 when it fits, 1 when not."""
     from edgemeta.format.bundle import read_bundle
     from edgemeta.format.units import parse_bytes
-    from edgemeta.profiles import load_profile
+    from edgemeta.profiles import board_batch, load_profile
     from edgemeta.runtime.memory import MB, plan_memory
 
+    if args.batch is None:
+        args.batch = board_batch(args.bundle)
     for name in ("classes", "shots", "batch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer. Received: {getattr(args, name)}")

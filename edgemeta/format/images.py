@@ -8,7 +8,8 @@ Limits, against decompression bombs (a small file that decodes to gigabytes):
 
 - **Pixels per image** (`max_pixels`, default `DEFAULT_MAX_PIXELS`), checked on the header's size before any
   pixel is decoded. A JPEG is first set to decode at 1/2, 1/4 or 1/8 scale when that still leaves
-  `DRAFT_MARGIN` times the model's input size (`draft=`), and the check applies to that size.
+  `DRAFT_MARGIN` times the model's input size (`draft=`), or 2x or 1x where only that fits `max_pixels`, and
+  the check applies to that size.
 - **PNG text and ICC chunks**: Pillow inflates zTXt/iTXt/iCCP chunks while it looks for the pixel data, up
   to `PngImagePlugin.MAX_TEXT_CHUNK` (1 MiB) each and `MAX_TEXT_MEMORY` (64 MiB) in all, by default.
   Pillow reads those two as module globals, so they cannot be set per call: each decode lowers them, for
@@ -100,7 +101,7 @@ def decode_image(image: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, dra
         return _decode_pil(image, max_pixels)
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
         with _Opened(image, formats) as (im, what):
-            header = _header(im, draft)
+            header = _header(im, draft, max_pixels)
             _check_pixels(header.size, max_pixels, what, header.scale)
             _load(im, what)
             return _pixels(_oriented(im, in_place=True), what)
@@ -159,11 +160,19 @@ class _Opened:
         self.im.close()
 
 
-def _header(im: Image.Image, draft: tuple[int, int] | None) -> ImageHeader:
-    """The image's header; a JPEG set to decode at a reduced scale when `draft` allows it."""
+def _header(im: Image.Image, draft: tuple[int, int] | None, max_pixels: int | None = None) -> ImageHeader:
+    """The image's header; a JPEG set to decode at a reduced scale when `draft` allows it. The scale keeps
+    `DRAFT_MARGIN` times the model's input, or less margin (2x, then 1x) where that alone keeps the decoded image
+    within `max_pixels`: a camera's 6-8 MP JPEG at 1/2 scale would be refused by a board's 1 MiP limit, at 1/4 it
+    still has twice a 224x224 model's input."""
     full, scale = im.size, 1
     if draft is not None and im.format in ("JPEG", "MPO"):  # by name: JpegImagePlugin loads with Pillow's first open
-        target = (max(1, DRAFT_MARGIN * int(draft[0])), max(1, DRAFT_MARGIN * int(draft[1])))
+        for margin in (DRAFT_MARGIN, 2, 1):
+            target = (max(1, margin * int(draft[0])), max(1, margin * int(draft[1])))
+            # Pillow's choice: the largest of 1/2, 1/4, 1/8 that leaves at least `target` on both sides.
+            reduce = next((r for r in (8, 4, 2) if full[0] // target[0] >= r and full[1] // target[1] >= r), 1)
+            if max_pixels is None or -(-full[0] // reduce) * -(-full[1] // reduce) <= max_pixels:
+                break
         if full[0] >= 2 * target[0] and full[1] >= 2 * target[1]:  # else 1:1, and no draft call at all
             im.draft(im.mode, target)
             scale = max(1, round(full[0] / im.size[0]))

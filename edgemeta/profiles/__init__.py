@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,10 @@ ENV_DIR = "EDGEMETA_DEVICES_DIR"
 # Images per interpreter call on a board: what `edgemeta device check` plans for (--batch) and what
 # `FewShotAdapter.for_device` runs with, so the plan and the adapter's budget count the same activations.
 BOARD_BATCH = 8
+# ... at most: one call's float input stays within BOARD_CALL_BYTES, so a photo model (224x224x3: 602 KB an image,
+# 1.6 MB of activations) runs one image per call (8 would hold 20 MB of a Pi Zero 2 W's 96 MB budget), while
+# Omniglot's 28x28x9 input (28 KB) keeps 8. `board_batch(bundle)` is the batch for a bundle.
+BOARD_CALL_BYTES = 256 * 1024
 # The largest image a board's adapter accepts, in pixels (1024x1024; a larger JPEG decodes at a reduced
 # scale first): converting it takes ~30 MB, which the budget sets aside (edgemeta.runtime.budget.PIXEL_BYTES).
 BOARD_MAX_PIXELS = 2**20
@@ -165,3 +170,22 @@ def _check_values(path: Path, d: dict[str, Any]) -> None:
 
 def _bad(path: Path, field: str, expected: str, value: Any) -> None:
     raise ValueError(f"Device profile {str(path)!r}: field {field!r} must be {expected}. Received: {value!r}")
+
+
+def board_batch(bundle_or_shape: Any) -> int:
+    """Images per interpreter call on a board for a bundle (a directory, or its model input shape): `BOARD_BATCH`,
+    fewer for large inputs (`BOARD_CALL_BYTES`). `edgemeta device check`, `FewShotAdapter.for_device`, `device
+    serve` and `adapt` all use it, so the plan and the adapter count the same activations.
+
+    Example:
+        >>> board_batch((28, 28, 9)), board_batch((84, 84, 3)), board_batch((224, 224, 3))
+        (8, 3, 1)
+    """
+    if isinstance(bundle_or_shape, (tuple, list)):
+        shape = tuple(bundle_or_shape)
+    else:
+        from edgemeta.format.bundle import read_manifest
+
+        shape = read_manifest(bundle_or_shape).model_input_shape
+    per_image = 4 * math.prod(shape)
+    return max(1, min(BOARD_BATCH, BOARD_CALL_BYTES // per_image))

@@ -149,13 +149,13 @@ class FewShotAdapter:
     def for_device(cls, bundle: str | os.PathLike, device: str, state: str | os.PathLike | None = None,
                    **options: Any) -> FewShotAdapter:
         """The adapter as a board profile (`edgemeta device list`) says: its threads, its delegate, its
-        memory budget, `BOARD_BATCH` images per call and images of up to `BOARD_MAX_PIXELS` pixels, what
+        memory budget, `board_batch(bundle)` images per call and images of up to `BOARD_MAX_PIXELS` pixels, what
         `edgemeta device check` plans for (each overridable through `options`)."""
-        from edgemeta.profiles import BOARD_BATCH, BOARD_MAX_PIXELS, load_profile
+        from edgemeta.profiles import BOARD_MAX_PIXELS, board_batch, load_profile
 
         profile = load_profile(device)
         options.setdefault("memory_budget", profile.budget_bytes)
-        options.setdefault("max_batch", BOARD_BATCH)
+        options.setdefault("max_batch", board_batch(bundle))
         options.setdefault("max_pixels", BOARD_MAX_PIXELS)
         return cls.from_bundle(bundle, state, options.pop("num_threads", profile.threads),
                                options.pop("delegate", profile.delegate), **options)

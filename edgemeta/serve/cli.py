@@ -139,7 +139,7 @@ def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int |
 
 def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
     from edgemeta.presets import preset_path
-    from edgemeta.profiles import BOARD_BATCH
+    from edgemeta.profiles import board_batch
     from edgemeta.runtime import FewShotAdapter
     from edgemeta.runtime.threshold import parse_threshold
 
@@ -152,7 +152,7 @@ def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
                                "on_full": args.on_full, "keep_support": args.keep_support,
                                "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget,
                                # what `edgemeta device check` plans for: its batch, and the request's pixels
-                               "max_batch": BOARD_BATCH, "max_pixels": args.max_pixels}
+                               "max_batch": board_batch(bundle), "max_pixels": args.max_pixels}
     if args.threads:
         options["num_threads"] = args.threads
     if args.device:
