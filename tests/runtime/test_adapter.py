@@ -109,7 +109,7 @@ def test_errors_before_enrolling_and_for_unknown_labels(adapter):
 
 
 def test_unknown_preset_lists_available():
-    with pytest.raises(ValueError, match="Unknown preset 'imagenet'. Available presets: \\['omniglot'\\]"):
+    with pytest.raises(ValueError, match="Unknown preset 'imagenet'. Available presets: \\['omniglot', 'photos'\\]"):
         FewShotAdapter.from_preset("imagenet")
 
 

@@ -23,7 +23,7 @@ from edgemeta.train.backend import keras
 from tests.harness import cli_in_process
 
 SIZE = 32  # MobileNetV3's smallest input; every backbone takes it
-METRIC_LEARNERS = ["matching", "protonet", "relation"]
+METRIC_LEARNERS = ["classifier", "distill", "matching", "protonet", "relation"]
 
 # name, options, embedding size at 32x32 (the small variants tests and CPU budgets use)
 SMALL = {
@@ -85,7 +85,7 @@ def test_registry_errors_say_what_was_received(tmp_path):
     with pytest.raises(ValueError, match="weights must be .*Received: 3"):
         build_backbone("conv4", (32, 32, 3), 3)
     with pytest.raises(ValueError, match=r"Learner 'maml' adapts its backbone with fast weights.*trains with "
-                                         r"\['matching', 'protonet', 'relation'\].*"
+                                         r"\['classifier', 'distill', 'matching', 'protonet', 'relation'\].*"
                                          r"Received: backbone='resnet12', learner='maml'"):
         check_learner("resnet12", "maml")
 
