@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from edgemeta.train.backend import keras, tf
-from edgemeta.train.learners.base import Learner, register_learner
-from edgemeta.train.learners.protonet import prototypes, squared_distances
+from edgemeta.train.learners.base import register_learner
+from edgemeta.train.learners.protonet import ProtoNet
 
 
 @register_learner("classifier")
-class Classifier(Learner):
+class Classifier(ProtoNet):
     """Trains the backbone to classify labelled batches of all `num_classes` training classes with a cosine
     classifier (logits `scale x cos(embedding, class weight)`: Chen et al. 2019's "Baseline++"), the
     pretraining the field's simple baselines use (Tian et al. 2020, Wang et al. 2019). Every step sees
     `batch_size` images of any classes, so on a CPU it learns a from-scratch embedding in far fewer image
     passes than episodes do; the board then classifies new classes by cosine prototypes over that embedding.
 
-    On episodes (evaluation, `call`) it is a cosine ProtoNet. `train` sets `num_classes` from the data.
+    On episodes (evaluation, `call`) it is the cosine ProtoNet it inherits. `train` sets `num_classes` from the data.
 
     Example:
         >>> net = Classifier(conv4((84, 84, 3)), num_classes=64)  # doctest: +SKIP
@@ -23,15 +23,12 @@ class Classifier(Learner):
     """
 
     trains_on = "batches"  # fit_episodes feeds it (images, labels) batches instead of episodes
-    metric = "cosine"
 
     def __init__(self, backbone: keras.Model, num_classes: int = 0, scale: float = 10.0, **kwargs) -> None:
-        super().__init__(backbone, **kwargs)
+        super().__init__(backbone, metric="cosine", scale=scale, **kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int of at least 2 (the training classes). Received: {num_classes!r}")
-        if not scale > 0:
-            raise ValueError(f"scale must be positive. Received: {scale!r}")
-        self.num_classes, self.scale = num_classes, float(scale)
+        self.num_classes = num_classes
         self.class_weights = self.add_weight(name="class_weights", shape=(num_classes, self.embedding_dim),
                                              initializer="glorot_uniform")
 
@@ -48,11 +45,3 @@ class Classifier(Learner):
             loss = self.compute_loss(images, labels, logits)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self.compute_metrics(images, labels, logits, None)
-
-    def call(self, inputs, training=None):
-        support, support_labels, query = inputs
-        support_labels = tf.cast(support_labels, tf.int32)
-        support_emb, query_emb = self.embed_episode(self.backbone, support, query, training)
-        support_emb, query_emb = tf.math.l2_normalize(support_emb, -1), tf.math.l2_normalize(query_emb, -1)
-        protos = tf.math.l2_normalize(prototypes(support_emb, support_labels, self.way(support_labels)), -1)
-        return -self.scale * squared_distances(query_emb, protos)
