@@ -107,3 +107,39 @@ def test_device_check_says_it_fits(device):
     assert result.returncode == 0, result.stderr[-2000:]
     plan = json.loads(result.stdout[result.stdout.index("{"):])
     assert plan["fits"] and plan["max_classes"] >= 1000, plan
+
+
+def test_peak_rss_on_a_pi_4_stays_within_its_plan_with_camera_size_jpegs(val_classes, tmp_path):
+    """The memory bound with the input a board gets: 8 MP camera JPEGs (3280x2464, decoded at a reduced scale) and
+    small ones, enrolled and classified by a Pi 4 profile's adapter without TensorFlow. The process's peak RSS
+    (VmHWM) must stay under `edgemeta device check`'s plan for it (the Python API plan, 5 classes)."""
+    folders = sorted(val_classes.iterdir())
+    camera = []
+    for i, folder in enumerate(folders):
+        big = Image.open(sorted(folder.iterdir())[0]).convert("RGB").resize((3280, 2464))
+        big.save(tmp_path / f"camera{i}.jpg", quality=90)
+        camera.append(str(tmp_path / f"camera{i}.jpg"))
+    shots = {f.name: [str(p) for p in sorted(f.iterdir())[:5]] for f in folders}
+    code = f"""
+import json, sys
+for name in ("tensorflow", "tf_keras", "keras"):
+    sys.modules[name] = None
+from edgemeta.presets import preset_path
+from edgemeta.runtime import FewShotAdapter
+with FewShotAdapter.for_device(preset_path("photos"), "raspberry-pi-4") as adapter:
+    for i, (label, files) in enumerate({shots!r}.items()):
+        adapter.enroll(label, files + ({camera!r}[:1] if i == 0 else []))  # a camera JPEG enrolled too
+    answers = [p.nearest for p in adapter.classify({camera!r})]
+status = open("/proc/self/status").read()
+print(json.dumps({{"peak": int(status.split("VmHWM:")[1].split()[0]) * 1024, "answers": answers}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["answers"] == [f.name for f in folders]  # each camera-size copy of a class's photo is that class
+    plan = subprocess.run([sys.executable, "-m", "edgemeta.cli", "device", "check", "--device", "raspberry-pi-4",
+                           "--python-api", "--classes", "5", "--shots", "6", "--json", str(preset_path("photos"))],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    predicted = json.loads(plan.stdout[plan.stdout.index("{"):])["predicted_bytes"]
+    print(f"peak RSS {measured['peak'] / 2**20:.1f} MiB, plan {predicted / 2**20:.1f} MiB")
+    assert measured["peak"] < predicted, f"peak RSS {measured['peak'] / 2**20:.1f} MiB > plan {predicted / 2**20:.1f} MiB"
