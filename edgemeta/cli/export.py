@@ -12,6 +12,8 @@ from edgemeta import __version__
 from edgemeta.format.bundle import QUANTIZATIONS
 
 HELP = "convert a run to a bundle (model.tflite + manifest.json)"
+# The held-out (way, shot) tasks an export measures unless told otherwise (those the data allows).
+DEFAULT_TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
@@ -21,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
     p.add_argument("--episodes", type=int, default=600, help="held-out episodes measured into the manifest (0: skip)")
     p.add_argument("--data-dir", help="where the run's dataset is now, if moved")
-    p.add_argument("--tasks", nargs="+", type=way_by_shot, default=[(5, 1), (5, 5), (20, 1), (20, 5)], metavar="WAYxSHOT",
+    p.add_argument("--tasks", nargs="+", type=way_by_shot, default=list(DEFAULT_TASKS), metavar="WAYxSHOT",
                    help="held-out tasks measured, e.g. 5x1 5x5 16x1 (default: 5x1 5x5 20x1 20x5; those the data allows)")
     p.add_argument("--query", type=int, default=5, help="query images per class in the measured episodes")
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
                data_dir: str | None = None, open_set_target: float | None = 0.05,
-               tasks: Sequence[tuple[int, int]] = ((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5,
+               tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, n_query: int = 5,
                provenance: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Converts a trained run to a bundle. When the run has held-out classes, measures the bundle's
     accuracy through the runtime (and the Keras model's on the same episodes) and records both in the
@@ -100,7 +102,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
 
 
 def compare_on_test(backbone: Any, bundle: str | Path, test_set: Any, episodes: int = 600,
-                    tasks: Sequence[tuple[int, int]] = ((5, 1), (5, 5), (20, 1), (20, 5)), n_query: int = 5, seed: int = 1,
+                    tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, n_query: int = 5, seed: int = 1,
                     metric: str = "squared_euclidean", learner: Any = None) -> dict[str, Any]:
     """Keras float vs bundle-through-runtime accuracy on identical held-out episodes, and with `learner`
     also the learner's own adaptation (what on-device prototypes cost or gain against it)."""

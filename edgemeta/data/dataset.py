@@ -60,6 +60,14 @@ class PreprocessedImages:
         return batch if dtype is None else batch.astype(dtype)
 
 
+def map_in_batches(fn: Any, images: np.ndarray | PreprocessedImages, batch: int = 256) -> np.ndarray:
+    """`fn` (a batch of preprocessed images -> a row per image) over all of `images`: in one call for an array, a
+    batch at a time for images preprocessed on read, which are never all in memory at once."""
+    if isinstance(images, np.ndarray):
+        return fn(images)
+    return np.concatenate([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
 @dataclass(frozen=True)
 class ImageClassDataset:
     """Images already preprocessed for the model, with per-image class labels.

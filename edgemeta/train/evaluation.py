@@ -58,10 +58,9 @@ def evaluate_keras(backbone: Any, sampler: EpisodeIndices, episodes: int = 600, 
 def embed_once(backbone: Any, images: Any, batch_size: int = 512) -> np.ndarray:
     """A Keras embedding model's (inference mode) embeddings of every image of a dataset; one preprocessed on read
     (`PreprocessedImages`) is read a batch at a time."""
-    if isinstance(images, np.ndarray):
-        return backbone.predict(images, batch_size=batch_size, verbose=0)
-    return np.concatenate([backbone.predict(images[i : i + batch_size], batch_size=batch_size, verbose=0)
-                           for i in range(0, len(images), batch_size)])
+    from edgemeta.data.dataset import map_in_batches
+
+    return map_in_batches(lambda x: backbone.predict(x, batch_size=batch_size, verbose=0), images, batch_size)
 
 
 def evaluate_learner(learner: Any, sampler: EpisodeSampler, episodes: int = 600) -> EvalResult:

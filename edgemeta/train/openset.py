@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemeta.data.dataset import ImageClassDataset, PreprocessedImages
+from edgemeta.data.dataset import ImageClassDataset, PreprocessedImages, map_in_batches
 from edgemeta.data.episodes import OpenSetEpisodes
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.evaluation import ci95
@@ -48,7 +48,7 @@ def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset
     # Classes too small for the larger table shot counts just leave those counts out of the table.
     ks = [k for k in ks if k <= sampler.shots]
     metric = embedder.manifest.metric
-    x = for_metric(embed_all(embedder, dataset.images).astype(np.float64), metric)
+    x = for_metric(map_in_batches(embedder.embed_preprocessed, dataset.images).astype(np.float64), metric)
     nearest_impostor, nearest_genuine, per_class = [], [], {k: [] for k in ks}
     with _one_blas_thread():
         for shots, genuine, impostors in sampler.take(episodes):
@@ -122,7 +122,7 @@ def unknown_rate(bundle_or_embedder: str | os.PathLike | Embedder, dataset, thre
         raise ValueError(f"threshold must be a non-negative distance or an open_set dict. Received: {threshold!r}")
     sampler = _episodes(dataset, n_way, k_shot, n_query, episodes, seed, within_group, shots_needed=k_shot)
     metric = embedder.manifest.metric
-    x = for_metric(embed_all(embedder, dataset.images).astype(np.float64), metric)
+    x = for_metric(map_in_batches(embedder.embed_preprocessed, dataset.images).astype(np.float64), metric)
     rejected, false_reject, correct, correct_accepted = [], [], [], []
     truth = np.repeat(np.arange(sampler.n_way), n_query)
     with _one_blas_thread():
@@ -187,13 +187,6 @@ def _episodes(dataset: ImageClassDataset, n_way: int, k_shot: int, n_query: int,
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer. Received: {episodes!r}")
     return OpenSetEpisodes(dataset, n_way, k_shot, n_query, within_group, seed, shots_needed)
-
-
-def embed_all(embedder: Embedder, images: Any, batch: int = 256) -> np.ndarray:
-    """`embedder.embed_preprocessed` over a dataset's images, a batch at a time when they are preprocessed on read."""
-    if isinstance(images, np.ndarray):
-        return embedder.embed_preprocessed(images)
-    return np.concatenate([embedder.embed_preprocessed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def _embedder(bundle_or_embedder: str | os.PathLike | Embedder) -> Embedder:
