@@ -27,6 +27,8 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
     "nearest": Image.Resampling.NEAREST,
 }
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601: RGB to gray
+_GREY_BAND_ROWS = 64
 # "squash": the whole image to height x width (aspect not kept); "shorter": the shorter side to `resize_to`,
 # aspect kept, then the centre height x width.
 RESIZES = ("squash", "shorter")
@@ -206,29 +208,20 @@ class Preprocessing:
         # A JPEG may decode at a reduced scale that still leaves a margin over (width, height): see format.images.
         pixels = _load(image, limit, draft=(self.width, self.height))
         try:
-            x = _to_unit_float(pixels)
+            _check_unit_range(pixels)
         except ValueError as e:  # a float file's NaN or range: say which file
             if not isinstance(image, (str, os.PathLike, Image.Image)):
                 raise
             where = repr(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else f"a PIL image of mode {image.mode!r}"
             raise ValueError(f"{e} in {where}") from e
-        if x.ndim == 3:
-            if x.shape[-1] == 4:  # RGBA: drop alpha
-                x = x[..., :3]
-            if self.channels == 1 and x.shape[-1] == 3:
-                x = x @ np.array([0.299, 0.587, 0.114], np.float32)
-            elif x.shape[-1] == 1:
-                x = x[..., 0]
-        # A grayscale image is one plane, resized once however many channels the model takes.
-        planes = [x] if x.ndim == 2 else [x[..., c] for c in range(x.shape[-1])]
         size, resample = (self.width, self.height), _RESAMPLE[self.resample]
-        if self.resize == "shorter":
-            box = self._centre_box(x.shape[0], x.shape[1])
-            if box is not None:
-                planes = [np.asarray(Image.fromarray(p.astype(np.float32, copy=False)).resize(size, resample, box=box))
-                          for p in planes]
-        elif x.shape[:2] != (self.height, self.width):
-            planes = [np.asarray(Image.fromarray(p.astype(np.float32, copy=False)).resize(size, resample)) for p in planes]
+        box = self._centre_box(*pixels.shape[:2]) if self.resize == "shorter" else None
+        resized = self.resize == "shorter" and box is not None or self.resize == "squash" and pixels.shape[:2] != (
+            self.height, self.width)
+        # Plane by plane, each resized as soon as it is made: a large photo costs one full-size float32 channel
+        # beside its uint8 pixels, not a float32 copy of all its channels (edgemeta.runtime.budget.PIXEL_BYTES).
+        planes = [np.asarray(_float_image(p).resize(size, resample, box=box)) if resized else p
+                  for p in self._unit_planes(pixels)]
         if len(planes) == 1:
             out = planes[0][..., None]
             if self.channels > 1:
@@ -243,6 +236,27 @@ class Preprocessing:
             np.subtract(out, np.asarray(self.mean, np.float32), out=out)
             np.divide(out, np.asarray(self.std, np.float32), out=out)
         return out
+
+    def _unit_planes(self, pixels: np.ndarray) -> Iterator[np.ndarray]:
+        """The channels the model takes, as float32 planes in [0, 1], one at a time: alpha dropped, RGB to ITU-R 601
+        luma when `channels == 1` (a band of rows at a time), a gray image as its one plane (replicated later)."""
+        if pixels.ndim == 2:
+            yield _to_unit_float(pixels)
+            return
+        colours = min(pixels.shape[-1], 3)  # RGBA: alpha dropped
+        if colours == 1:
+            yield _to_unit_float(pixels[..., 0])
+        elif self.channels == 1:
+            # A band of rows at a time: the same products and sums as over the whole image (a 3-term dot per pixel),
+            # so the bits of every bundle written before stay; the float copy is one band's.
+            grey = np.empty(pixels.shape[:2], np.float32)
+            luma = np.array(_LUMA, np.float32)
+            for r in range(0, len(grey), _GREY_BAND_ROWS):
+                grey[r : r + _GREY_BAND_ROWS] = _to_unit_float(pixels[r : r + _GREY_BAND_ROWS, :, :3]) @ luma
+            yield grey
+        else:
+            for c in range(colours):
+                yield _to_unit_float(pixels[..., c])
 
     def _centre_box(self, rows: int, cols: int) -> tuple[float, float, float, float] | None:
         """`resize="shorter"`: the region of a rows x cols image that becomes the output, in its own pixel
@@ -320,24 +334,31 @@ def _load(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[
     return decode_image(image, max_pixels=max_pixels, draft=draft)
 
 
+def _float_image(plane: np.ndarray) -> Image.Image:
+    """A contiguous float32 plane as a Pillow "F" image on the same memory (`Image.fromarray` copies it)."""
+    return Image.frombuffer("F", (plane.shape[1], plane.shape[0]), plane, "raw", "F", 0, 1)
+
+
+def _check_unit_range(array: np.ndarray) -> None:
+    """Raises unless `array` holds pixels `_to_unit_float` takes: bool, uint8, or finite floats in [0, 1]."""
+    if array.dtype in (np.bool_, np.uint8):
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            "Expected pixels of dtype uint8 (0..255), bool, or float (finite, in [0, 1]). "
+            f"Received: dtype {array.dtype}"
+        )
+    bad = _count_non_finite(array)
+    if bad:
+        raise ValueError(_non_finite_message(bad))
+    lo, hi = float(array.min()), float(array.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"Float images must be in [0, 1] (or pass uint8 in 0..255). Received: values in [{lo:.3g}, {hi:.3g}]")
+
+
 def _to_unit_float(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
+    """Checked pixels (`_check_unit_range`) as a new contiguous float32 array in [0, 1]."""
     if array.dtype == np.uint8:
         return np.divide(array, 255.0, dtype=np.float32)  # float32(array) / 255 in one pass
-    if np.issubdtype(array.dtype, np.floating):
-        bad = _count_non_finite(array)
-        if bad:
-            raise ValueError(_non_finite_message(bad))
-        lo, hi = float(array.min()), float(array.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                "Float images must be in [0, 1] (or pass uint8 in 0..255). "
-                f"Received: values in [{lo:.3g}, {hi:.3g}]"
-            )
-        return array.astype(np.float32)
-    raise TypeError(
-        "Expected pixels of dtype uint8 (0..255), bool, or float (finite, in [0, 1]). "
-        f"Received: dtype {array.dtype}"
-    )
+    return np.ascontiguousarray(array, dtype=np.float32) if array.dtype != np.float32 else array.copy()
 

@@ -20,7 +20,7 @@ BOARD_BATCH = 8
 # Omniglot's 28x28x9 input (28 KB) keeps 8. `board_batch(bundle)` is the batch for a bundle.
 BOARD_CALL_BYTES = 256 * 1024
 # The largest image a board's adapter accepts, in pixels (1024x1024; a larger JPEG decodes at a reduced
-# scale first): converting it takes ~30 MB, which the budget sets aside (edgemeta.runtime.budget.PIXEL_BYTES).
+# scale first): converting it takes 18-20 MB, which the budget sets aside (edgemeta.runtime.budget.PIXEL_BYTES).
 BOARD_MAX_PIXELS = 2**20
 PROFILES_DIR = Path(__file__).parent
 INTERPRETERS = ("ai_edge_litert", "tflite_runtime")

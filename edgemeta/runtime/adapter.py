@@ -384,9 +384,10 @@ class FewShotAdapter:
 
 def _raw_uint8(image: Any, max_pixels: int) -> np.ndarray:
     """An image as the uint8 pixels a new model's preprocessing can start from again."""
-    from edgemeta.format.preprocessing import _load, _to_unit_float
+    from edgemeta.format.preprocessing import _check_unit_range, _load, _to_unit_float
 
     array = _load(image, max_pixels)
+    _check_unit_range(array)
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
 
 

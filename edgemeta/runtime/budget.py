@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemeta.runtime.index import CLASS_BLOCK, CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, class_block, resident_classes
 from edgemeta.runtime.store import ROW_OBJECT_BYTES
 
 if TYPE_CHECKING:
@@ -21,11 +21,20 @@ if TYPE_CHECKING:
     from edgemeta.runtime.store import PrototypeStore
 
 
-# Peak memory per decoded pixel while the runtime converts an image (uint8, float32 copies, grey, resize):
-# a 1000x1000 RGB PNG (a 4 MB body) raised the service's peak RSS by 27.2 MiB (docs/service.md, "Memory").
-# Images are decoded one at a time, but the largest is converted whole: a budget sets aside this much per
-# pixel of the largest image the adapter accepts (`Embedder.max_pixels`).
-PIXEL_BYTES = 30
+# Peak memory per decoded pixel while the runtime converts an image to a model's input, by the model's channels
+# (uint8 pixels, then one float32 channel at a time, resized as it is made; for 1 channel, the gray plane beside it).
+# Images are decoded one at a time, but the largest is converted whole: a budget sets aside this much per pixel of
+# the largest image the adapter accepts (`Embedder.max_pixels`). Measured on a 1000x1000 RGB PNG, peak RSS over the
+# process's before (docs/service.md, "Memory"): 15.6 B for a 3-channel model, 17.2 B for a 1-channel one (its gray
+# plane made a band of rows at a time); set with a margin. (Converting all channels to float32 at once took 27.5 B.)
+PIXEL_BYTES = {1: 20, 3: 18}
+
+
+def pixel_bytes(channels: int) -> int:
+    """Bytes set aside per decoded pixel of the largest image, for a model taking `channels` channels (1 or 3)."""
+    if channels not in PIXEL_BYTES:
+        raise ValueError(f"channels must be one of {sorted(PIXEL_BYTES)}. Received: {channels!r}")
+    return PIXEL_BYTES[channels]
 
 
 class MemoryBudgetError(MemoryError):
@@ -66,9 +75,10 @@ def working_set_bytes(manifest: Manifest, batch: int) -> int:
 
 
 def classify_buffer_bytes(embedding_size: int, prototype_dtype: str) -> int:
-    """classify's float64 prototypes, kept for up to RESIDENT_CLASSES classes, and (int8 prototypes
+    """classify's float64 prototypes, kept for up to `resident_classes` classes, and (int8 prototypes
     beyond them) its block of dequantized float32 ones (see `edgemeta.runtime.index`)."""
-    return 8 * embedding_size * RESIDENT_CLASSES + (4 * embedding_size * CLASS_BLOCK if prototype_dtype == "int8" else 0)
+    float32_block = 4 * embedding_size * class_block(embedding_size) if prototype_dtype == "int8" else 0
+    return 8 * embedding_size * resident_classes(embedding_size) + float32_block
 
 
 def class_bytes(store: PrototypeStore, batch: int = 0) -> int:
@@ -117,7 +127,7 @@ class MemoryBudget:
         parts = [("runtime", plan.runtime), ("model", plan.model), (f"activations at batch {batch}", plan.arena),
                  (f"working arrays of {batch} images", plan.working),
                  (f"converting the largest image ({embedder.max_pixels} pixels, max_pixels)", plan.request),
-                 ("classify's buffers", plan.block * RESIDENT_CLASSES),
+                 ("classify's buffers", plan.block * plan.resident_classes),
                  ("this process's own memory beyond the plan", beyond_plan)]
         needed = sum(value for _, value in parts)
         before = (f"{needed / 2**20:.1f} MB before any class: "

@@ -17,9 +17,9 @@ The prediction is a sum of parts, each either measured once or computed from the
 - `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), what saving or loading it
   holds transiently (`persist`, and per class `budget.persist_bytes_per_class`), and what classify keeps
   per class between calls (a squared norm, a label slot).
-- `block`: classify's float64 copy of the prototypes, kept for up to `RESIDENT_CLASSES` classes.
+- `block`: classify's float64 copy of the prototypes, kept for up to `resident_classes` classes.
 - `request`: what one request may take beyond `working`: converting the largest image the adapter accepts
-  (`PIXEL_BYTES` per pixel of `max_pixels`) and, for the service, its body, parsed JSON and decoded
+  (`pixel_bytes` per pixel of `max_pixels`) and, for the service, its body, parsed JSON and decoded
   files (`edgemeta.serve.api.body_reserve`).
 
 `FewShotAdapter`'s budget (`edgemeta.runtime.budget.MemoryBudget`) is this same plan, made from the
@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgemeta.runtime.budget import (
-    PIXEL_BYTES,
     classify_buffer_bytes,
     persist_bytes_per_class,
+    pixel_bytes,
     raw_image_bytes,
     working_set_bytes,
 )
-from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, RESIDENT_CLASSES
+from edgemeta.runtime.index import CLASSIFY_ARRAYS, CLASSIFY_CACHE_BYTES, resident_classes
 from edgemeta.runtime.store import PERSIST_FIXED_BYTES
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ class MemoryPlan:
     request: int = 0
     runtime_anonymous: int = 0
     persist: int = PERSIST_FIXED_BYTES  # saving or loading the store: its fixed part (per class: in per_class)
+    resident_classes: int = 1024  # classes whose float64 prototypes classify keeps (`block` bytes each)
 
     @property
     def fixed(self) -> int:
@@ -145,7 +146,7 @@ class MemoryPlan:
     def for_classes_at_most(self) -> int:
         """What a budget of 0 leaves for classes, to which the budget is added: minus the fixed part and
         classify's buffers (`block` for every resident class)."""
-        return -self.fixed - self.block * RESIDENT_CLASSES
+        return -self.fixed - self.block * self.resident_classes
 
     @property
     def per_class_peak(self) -> int:
@@ -156,7 +157,7 @@ class MemoryPlan:
 
     def predict(self, classes: int) -> int:
         """Peak resident memory with `classes` enrolled classes."""
-        return self.fixed + self.persist + self.block * min(classes, RESIDENT_CLASSES) + classes * self.per_class_peak
+        return self.fixed + self.persist + self.block * min(classes, self.resident_classes) + classes * self.per_class_peak
 
     def max_classes(self, budget_bytes: int) -> int:
         """How many classes fit in `budget_bytes` (0 when even the model does not)."""
@@ -206,9 +207,12 @@ def plan_for(manifest: Manifest, model_size: int, arena: int, batch: int, shots:
                       per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest))
                       + persist_bytes_per_class(shots, keep_support is not None), batch=batch,
                       runtime_measured_on=runtime.machine,
-                      # classify's buffers, spread over the RESIDENT_CLASSES classes they are kept for
-                      block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype) // RESIDENT_CLASSES,
-                      request=request_bytes + PIXEL_BYTES * max_pixels, runtime_anonymous=runtime.anonymous)
+                      # classify's buffers, spread over the classes they are kept for
+                      block=classify_buffer_bytes(manifest.embedding_size, prototype_dtype)
+                      // resident_classes(manifest.embedding_size),
+                      resident_classes=resident_classes(manifest.embedding_size),
+                      request=request_bytes + pixel_bytes(manifest.preprocessing.channels) * max_pixels,
+                      runtime_anonymous=runtime.anonymous)
 
 
 @dataclass(frozen=True)

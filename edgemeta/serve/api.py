@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgemeta.runtime.budget import PIXEL_BYTES
+from edgemeta.runtime.budget import pixel_bytes
 
 try:  # CPython's constant-time comparison, which hmac.compare_digest falls back to; hmac would load OpenSSL
     from _operator import _compare_digest as _same_secret  # type: ignore[attr-defined]
@@ -61,14 +61,14 @@ def body_reserve(limits: Limits) -> int:
     """Bytes one request's body may take: the body, the parsed JSON and the decoded files (3x the body).
     One image is open at a time, so PNG text adds at most one image's (1.25 MiB: edgemeta.format.images),
     within this margin. The service sets it aside from its budget; the adapter's own budget sets aside the
-    pixels (`PIXEL_BYTES` x --max-pixels, the adapter's max_pixels)."""
+    pixels (`pixel_bytes` x --max-pixels, the adapter's max_pixels)."""
     return 3 * limits.max_request_bytes
 
 
-def request_reserve(limits: Limits) -> int:
+def request_reserve(limits: Limits, channels: int) -> int:
     """Bytes one request may take beyond the adapter's steady state: its body (`body_reserve`) and its
-    pixels as the runtime converts them (PIXEL_BYTES each)."""
-    return PIXEL_BYTES * limits.max_pixels + body_reserve(limits)
+    pixels as the runtime converts them for a model of `channels` channels (`pixel_bytes` each)."""
+    return pixel_bytes(channels) * limits.max_pixels + body_reserve(limits)
 
 
 def log(message: str) -> None:
@@ -145,7 +145,8 @@ class Service:
                 "token_required": self.token is not None,
                 "limits": {"max_request_bytes": self.limits.max_request_bytes, "max_images": self.limits.max_images,
                            "max_pixels": self.limits.max_pixels},
-                "memory": {"budget_bytes": self.memory_budget, "request_reserve_bytes": request_reserve(self.limits),
+                "memory": {"budget_bytes": self.memory_budget, "request_reserve_bytes": request_reserve(
+                    self.limits, self.adapter.embedder.manifest.preprocessing.channels),
                            "adapter_budget_bytes": self.adapter.memory_budget}}
 
     def labels(self) -> dict:

@@ -18,13 +18,13 @@ from edgemeta.serve.api import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PORT,
-    PIXEL_BYTES,
     ConfigError,
     Limits,
     Service,
     body_reserve,
     is_loopback,
     log,
+    pixel_bytes,
     request_reserve,
 )
 
@@ -113,10 +113,10 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
-def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int | None]:
+def _budget(args: argparse.Namespace, limits: Limits, channels: int) -> tuple[int | None, int | None]:
     """(the process's budget, the adapter's share): the adapter gets the budget less one request's body
     (`body_reserve`), and sets aside the request's pixels itself (its max_pixels is --max-pixels), so a full
-    store plus the largest request still fits the budget (the unit's MemoryMax)."""
+    store plus the largest request still fits the budget (the unit's MemoryMax). `channels`: the model's."""
     from edgemeta.format.units import parse_bytes
 
     if args.memory_budget:
@@ -128,26 +128,38 @@ def _budget(args: argparse.Namespace, limits: Limits) -> tuple[int | None, int |
     else:
         return None, None
     reserve = body_reserve(limits)
-    if budget - request_reserve(limits) < 16 * 2**20:  # not even room for the runtime itself
+    request = request_reserve(limits, channels)
+    if budget - request < 16 * 2**20:  # not even room for the runtime itself
         raise ConfigError(f"The memory budget of {budget / 2**20:.0f} MB leaves too little once one request's "
-                          f"{request_reserve(limits) / 2**20:.1f} MB are set aside ({PIXEL_BYTES} B x --max-pixels + 3 x "
+                          f"{request / 2**20:.1f} MB are set aside ({pixel_bytes(channels)} B x --max-pixels + 3 x "
                           "--max-request-bytes): lower those limits or raise the budget. "
                           f"Received: budget {budget} B, --max-pixels {limits.max_pixels}, "
                           f"--max-request-bytes {limits.max_request_bytes}")
     return budget, budget - reserve
 
 
-def _adapter(args: argparse.Namespace, adapter_budget: int | None) -> Any:
+def _bundle(args: argparse.Namespace) -> tuple[Any, int]:
+    """The bundle to serve (--bundle, else --preset's) and its model's input channels."""
+    from edgemeta.format.bundle import read_bundle
     from edgemeta.presets import preset_path
-    from edgemeta.profiles import board_batch
-    from edgemeta.runtime import FewShotAdapter
-    from edgemeta.runtime.threshold import parse_threshold
 
     bundle = args.bundle if args.bundle else preset_path(args.preset)
+    return bundle, read_bundle(bundle)[1].preprocessing.channels
+
+
+def _threshold(args: argparse.Namespace) -> Any:
+    from edgemeta.runtime.threshold import parse_threshold
+
     try:
-        threshold = parse_threshold(args.unknown_threshold)
+        return parse_threshold(args.unknown_threshold)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _adapter(args: argparse.Namespace, bundle: Any, threshold: Any, adapter_budget: int | None) -> Any:
+    from edgemeta.profiles import board_batch
+    from edgemeta.runtime import FewShotAdapter
+
     options: dict[str, Any] = {"unknown_threshold": threshold,
                                "on_full": args.on_full, "keep_support": args.keep_support,
                                "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget,
@@ -173,8 +185,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
             raise ConfigError("--max-images is at most 1024 (the runtime's limit per call). "
                               f"Received: {args.max_images}")
         limits = Limits(args.max_request_bytes, args.max_images, args.max_pixels)
-        budget, adapter_budget = _budget(args, limits)
-        service = Service(_adapter(args, adapter_budget), token, limits, args.state, budget)
+        threshold = _threshold(args)  # a bad option is said before the bundle is read
+        bundle, channels = _bundle(args)
+        budget, adapter_budget = _budget(args, limits, channels)
+        service = Service(_adapter(args, bundle, threshold, adapter_budget), token, limits, args.state, budget)
     except Exception as e:  # a bad option, bundle, profile or store: say which, start nothing
         print(f"edgemeta device serve: error: {e}", file=sys.stderr)
         return 2

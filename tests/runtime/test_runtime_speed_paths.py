@@ -114,11 +114,13 @@ def reference_classify(adapter: FewShotAdapter, images, threshold):
     ("float32", "squared_euclidean", 600),  # two blocks of 512, kept as float64 between calls
     ("int8", "squared_euclidean", 600),
     ("float32", "cosine", 600),
-    ("float32", "squared_euclidean", 1100),  # more than RESIDENT_CLASSES: blocks copied per call
+    ("float32", "squared_euclidean", 1100),  # more than resident_classes(64): blocks copied per call
     ("int8", "cosine", 1100),
 ])
 def test_classify_with_cached_prototypes_equals_distances_from_scratch(tmp_path, prototype_dtype, metric, classes):
-    from edgemeta.runtime.index import RESIDENT_CLASSES
+    from edgemeta.runtime.index import resident_classes
+
+    resident = resident_classes(64)  # the preset's embedding
 
     bundle = tmp_path / "bundle"
     shutil.copytree(PRESET, bundle)
@@ -134,9 +136,9 @@ def test_classify_with_cached_prototypes_equals_distances_from_scratch(tmp_path,
 
     for i in range(classes):  # one shot each: a square of its own size and place
         adapter.enroll(f"c{i}", blank_with_square(lo=i % 40, hi=45 + (i // 40) % 55))
-    assert (classes <= RESIDENT_CLASSES) == adapter._index._resident or adapter._index._cache is None
+    assert (classes <= resident) == adapter._index._resident or adapter._index._cache is None
     check()
-    assert (classes <= RESIDENT_CLASSES) == adapter._index._resident
+    assert (classes <= resident) == adapter._index._resident
     check()  # again, from what was kept
     adapter.enroll("c8", blank_with_square(lo=3, hi=90))  # a class's prototype moves
     check()
@@ -179,3 +181,26 @@ def test_store_version_and_median_follow_every_change():
     versions.append(store.version)
     assert store.median_count() == 2
     assert versions == sorted(set(versions))
+
+
+@pytest.mark.parametrize("prototype_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("classes", [40, 130])  # within and beyond resident_classes(1280) = 50
+def test_a_photo_models_1280_d_prototypes_take_bounded_buffers_and_give_the_same_distances(prototype_dtype, classes):
+    from edgemeta.runtime.index import PrototypeIndex, class_block, resident_classes
+    from edgemeta.runtime.prototypes import squared_distances
+    from edgemeta.runtime.store import PrototypeStore
+
+    rng = np.random.default_rng(0)
+    store = PrototypeStore(1280, "0" * 64, prototype_dtype)
+    for i in range(classes):
+        store.add(f"c{i}", rng.normal(size=(2, 1280)).astype(np.float32))
+    queries = rng.normal(size=(3, 1280)).astype(np.float32)
+    index = PrototypeIndex("squared_euclidean")
+    labels, got = index.distances(store, queries)
+    labels_ref, prototypes = store.prototypes()
+    assert labels == labels_ref
+    np.testing.assert_allclose(got, squared_distances(queries.astype(np.float64), prototypes.astype(np.float64)),
+                               rtol=1e-12, atol=1e-9)
+    assert class_block(1280) == 25 and resident_classes(1280) == 50 and class_block(64) == 512
+    assert index._float64.nbytes <= 8 * 1280 * resident_classes(1280)  # 0.5 MB, not 1024 classes' 10.5 MB
+    assert index._resident == (classes <= 50)

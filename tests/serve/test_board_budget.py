@@ -53,79 +53,99 @@ def _peak_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_the_pi_zero_service_starts_serves_and_stays_under_its_profiles_budget(tmp_path):
-    budget = load_profile(DEVICE).budget_bytes
-    env = {k: v for k, v in os.environ.items() if k != "EDGEMETA_TOKEN"}
-    env["PYTHONUNBUFFERED"] = "1"  # the URL line, read from a pipe
-    command = [sys.executable, "-m", "edgemeta.cli", "device", "serve", "--preset", "omniglot", "--device", DEVICE,
-               "--port", "0", "--state", str(tmp_path / "taught.store")]
-    log = (tmp_path / "service.log").open("w")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=tmp_path)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
+class _Service:
+    """`edgemeta device serve` of a preset with the Pi Zero 2 W profile, as its systemd unit runs it."""
+
+    def __init__(self, tmp_path: Path, preset: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "EDGEMETA_TOKEN"}
+        env["PYTHONUNBUFFERED"] = "1"  # the URL line, read from a pipe
+        command = [sys.executable, "-m", "edgemeta.cli", "device", "serve", "--preset", preset, "--device", DEVICE,
+                   "--port", "0", "--state", str(tmp_path / "taught.store")]
+        self.log_path = tmp_path / "service.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=tmp_path)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         line = ""
         for _ in range(90):  # until the URL line, or the process's end (a refusal to start)
             try:
                 line = lines.get(timeout=1)
                 break
             except queue.Empty:
-                if proc.poll() is not None:
+                if self.proc.poll() is not None:
                     break
         if not line:
-            log.flush()
-            raise AssertionError(f"the service did not start:\n{(tmp_path / 'service.log').read_text()}")
+            self.stop()
+            raise AssertionError(f"the service did not start:\n{self.log_path.read_text()}")
         match = re.search(r"listening on http://\S+:(\d+)/", line)
-        assert match, (line, (tmp_path / "service.log").read_text())
-        port = int(match.group(1))
-        status, health = _call(port, "/health")
+        assert match, (line, self.log_path.read_text())
+        self.port = int(match.group(1))
+
+    def call(self, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        return _call(self.port, path, payload)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.log.close()
+        assert code == 0, self.log_path.read_text()
+
+
+def test_the_pi_zero_service_starts_serves_and_stays_under_its_profiles_budget(tmp_path):
+    budget = load_profile(DEVICE).budget_bytes
+    service = _Service(tmp_path, "omniglot")
+    try:
+        status, health = service.call("/health")
         assert status == 200 and health["memory"]["budget_bytes"] == budget, health
         rng = np.random.default_rng(0)
         # The largest legal requests: 32 images (--max-images) of 176x176, just under 1 M pixels (--max-pixels).
         for c in range(6):
-            status, out = _call(port, "/enroll", {"label": f"c{c}", "images": [_png(rng, 176) for _ in range(32)]})
+            status, out = service.call("/enroll", {"label": f"c{c}", "images": [_png(rng, 176) for _ in range(32)]})
             assert status == 200 and out["shots"] == 32, out
         for c in range(6, 206):  # and many small ones, as a user teaching symbols
-            status, out = _call(port, "/enroll", {"label": f"c{c}", "images": [_png(rng, 105) for _ in range(2)]})
+            status, out = service.call("/enroll", {"label": f"c{c}", "images": [_png(rng, 105) for _ in range(2)]})
             assert status == 200, out
-        status, out = _call(port, "/classify", {"images": [_png(rng, 176) for _ in range(32)]})
+        status, out = service.call("/classify", {"images": [_png(rng, 176) for _ in range(32)]})
         assert status == 200 and len(out["predictions"]) == 32, out
-        peak = _peak_bytes(proc.pid)
+        peak = _peak_bytes(service.proc.pid)
         assert peak < budget, f"peak RSS {peak} B is over the profile's budget of {budget} B"
         print(json.dumps({"peak_rss_bytes": peak, "budget_bytes": budget, "classes": 206}))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "service.log").read_text()
-        log.close()
+        service.stop()
 
 
-def test_every_profile_that_device_check_says_fits_starts_the_service(capsys, monkeypatch):
-    """`edgemeta device check` and `device serve` set aside the same request and make the same plan, so a
-    bundle that fits a profile starts the service with that profile's budget, and its adapter has room
-    for as many classes as the check said (within the spare rows the plan assumes)."""
-    import argparse
-    import warnings
+def _noise_png(rng: np.random.Generator, side: int) -> str:
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)).save(out, "PNG", compress_level=1)
+    return base64.b64encode(out.getvalue()).decode()
 
-    import edgemeta.runtime.memory as memory
-    from edgemeta.cli import main
+
+def test_the_photos_preset_serves_on_a_pi_zero_with_its_largest_requests_under_the_plan(tmp_path):
+    """The photos preset on the Pi Zero 2 W profile: the largest legal request, a million RGB pixels of noise in a
+    PNG (about 3 MB of body, the most that compresses worst), enrolled and classified; the peak RSS stays under
+    what `edgemeta device check` plans for those classes, and under the budget."""
     from edgemeta.presets import preset_path
-    from edgemeta.profiles import list_profiles
-    from edgemeta.serve import Limits
-    from edgemeta.serve.cli import _adapter, _budget, add_serve_arguments
+    from edgemeta.runtime.memory import plan_memory
+    from edgemeta.serve.api import Limits, body_reserve
 
-    # This test runner holds TensorFlow: its own anonymous memory, which a board's service does not have
-    # (the test above starts the real one), is left out.
-    monkeypatch.setattr(memory, "anonymous_rss_bytes", lambda: 0)
-    for key in list_profiles():
-        assert main(["device", "check", str(preset_path("omniglot")), "--device", key, "--json"]) == 0, key
-        check = json.loads(capsys.readouterr().out)
-        parser = argparse.ArgumentParser()
-        add_serve_arguments(parser)
-        args = parser.parse_args(["--preset", "omniglot", "--device", key])
-        budget, adapter_budget = _budget(args, Limits(args.max_request_bytes, args.max_images, args.max_pixels))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # the Coral profiles' Edge TPU is absent here
-            adapter = _adapter(args, adapter_budget)
-        per_class = adapter.store.bytes_per_class(5) + 16 + 8 * 6 * 8  # what check's 1.25 x spare rows leave out
-        fits = adapter._budget.for_classes // per_class
-        assert budget == check["budget_bytes"] and fits >= check["max_classes"], (key, fits, check["max_classes"])
+    budget = load_profile(DEVICE).budget_bytes
+    service = _Service(tmp_path, "photos")
+    try:
+        status, health = service.call("/health")
+        assert status == 200, health
+        limits = Limits(**health["limits"])
+        plan = plan_memory(preset_path("photos"), batch=1, request_bytes=body_reserve(limits), max_pixels=limits.max_pixels)
+        assert plan.request == health["memory"]["request_reserve_bytes"], (plan.to_dict(), health)
+        rng = np.random.default_rng(0)
+        for c in range(3):
+            status, out = service.call("/enroll", {"label": f"object {c}", "images": [_noise_png(rng, 1000)]})
+            assert status == 200 and out["shots"] == 1, out
+        status, out = service.call("/classify", {"images": [_noise_png(rng, 1000)]})
+        assert status == 200 and out["predictions"][0]["nearest"].startswith("object"), out
+        status, out = service.call("/classify", {"images": [_noise_png(rng, 1001)]})  # over --max-pixels: refused
+        assert status == 413, out
+        peak = _peak_bytes(service.proc.pid)
+        print(json.dumps({"peak_rss_bytes": peak, "plan_bytes": plan.predict(3), "budget_bytes": budget}))
+        assert peak < plan.predict(3) < budget, (peak, plan.to_dict())
+    finally:
+        service.stop()

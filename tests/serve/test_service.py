@@ -156,9 +156,10 @@ def test_token_required_beyond_loopback(serve, bundle, tmp_path, no_tensorflow):
     assert refused.returncode == 2 and "give it a token" in refused.stderr and "'0.0.0.0'" in refused.stderr
     short = subprocess.run(command, capture_output=True, text=True, env=env | {"EDGEMETA_TOKEN": "short"}, timeout=60)
     assert short.returncode == 2 and "at least 16" in short.stderr and "from EDGEMETA_TOKEN" in short.stderr
-    # A budget that one request's reserve (30 B x 1e6 pixels + 3 x 4 MiB) would eat is refused at start too.
+    # A budget that one request's reserve (20 B x 1e6 pixels for a 1-channel model + 3 x 4 MiB) would eat is refused
+    # at start too.
     small = subprocess.run([*command[:-2], "--memory-budget", "40MB"], capture_output=True, text=True, env=env, timeout=60)
-    assert small.returncode == 2 and "40.6 MB are set aside" in small.stderr, small.stderr
+    assert small.returncode == 2 and "31.1 MB are set aside" in small.stderr, small.stderr
 
     # Reach it through a non-loopback address of this machine when it has one.
     addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
