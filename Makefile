@@ -59,9 +59,11 @@ bench-compression: venv
 	test -f runs/omniglot-split/embedding.keras || $(BIN)/edgemeta train --recipe omniglot-split --data-dir $(OMNIGLOT_DIR) --out runs/omniglot-split
 	$(BIN)/edgemeta compress runs/omniglot-split --config benchmarks/compression.toml --out runs/compression --data-dir $(OMNIGLOT_DIR)
 
-# Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe.
+# Rebuilds the shipped preset bundle edgemeta/presets/omniglot from its recipe, on Omniglot's full background set
+# (30 alphabets; docs/omniglot-preset.md). oneDNN: faster training on AVX2-only CPUs, where TensorFlow leaves it off.
+OMNIGLOT_BACKGROUND_DIR ?= $(abspath ../shared/datasets/omniglot-background)
 preset: venv
-	$(BIN)/edgemeta preset omniglot --data-dir $(OMNIGLOT_DIR)
+	TF_ENABLE_ONEDNN_OPTS=1 $(BIN)/edgemeta preset omniglot --data-dir $(OMNIGLOT_BACKGROUND_DIR)
 
 # Rebuilds the photos preset edgemeta/presets/photos (P>M>F on mini-ImageNet train, measured on val; docs/photos.md).
 # oneDNN: 2.35x faster training on AVX2-only CPUs, where TensorFlow leaves it off.

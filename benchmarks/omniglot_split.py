@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from omniglot_lake import lake_protocol  # its sibling script (benchmarks run as scripts: this folder is on sys.path)
 
 from converters import export_bundle
 from edgemeta.runtime import Embedder, FewShotAdapter
@@ -32,25 +33,6 @@ from edgemeta.train.episodes import EpisodeSampler
 from edgemeta.train.evaluation import evaluate_keras
 from edgemeta.train.recipes import RECIPES
 from edgemeta.train.training import TrainConfig, load_run, load_split, train
-
-
-def lake_protocol(make_adapter, test_set, runs: int = 20, way: int = 20, seed: int = 0) -> dict:
-    """One-shot classification as in Lake et al. (2015): per run, `way` characters of one alphabet, one
-    drawer's image of each enrolled, another drawer's image of each classified. Returns the error rate."""
-    rng = np.random.default_rng(seed)
-    by_class = {c: np.flatnonzero(test_set.labels == c) for c in range(test_set.num_classes)}  # drawer order
-    alphabets = sorted(a for a in set(test_set.groups) if test_set.groups.count(a) >= way)
-    errors = []
-    for r in range(runs):
-        alphabet = alphabets[r % len(alphabets)]
-        classes = rng.choice([c for c in range(test_set.num_classes) if test_set.groups[c] == alphabet], way, replace=False)
-        train_drawer, test_drawer = rng.choice(20, 2, replace=False)
-        adapter = make_adapter()
-        for c in classes:
-            adapter.enroll(str(c), test_set.raw[by_class[c][train_drawer]])
-        predicted = adapter.classify([test_set.raw[by_class[c][test_drawer]] for c in classes])
-        errors.append(np.mean([p.nearest != str(c) for p, c in zip(predicted, classes)]))
-    return {"error_rate": float(np.mean(errors)), "runs": runs, "way": way, "alphabets": alphabets}
 
 
 def runtime_without_tensorflow(bundle: Path, sampler, episodes: int, path: Path, config: TrainConfig) -> dict:

@@ -46,7 +46,9 @@ def build_preset(name: str, data_dir: str | None = None, out_dir: str | Path | N
         print(f"{work_dir}/ already holds a finished run of the {preset.recipe!r} recipe: exporting it without retraining.")
     else:
         train(config, work_dir, verbose=2)
-    recipe = {"preset": name, "recipe": preset.recipe, "command": f"edgemeta preset {name}"}
+    recipe: dict = {"preset": name, "recipe": preset.recipe, "command": f"edgemeta preset {name}"}
+    if preset.measured_elsewhere:
+        recipe["measured_accuracy"] = {"held_out": None, "note": preset.measured_elsewhere}
     path, _ = export_run(work_dir, out_dir or preset.path, "int8", episodes=preset.episodes, data_dir=data_dir,
                          tasks=preset.tasks, n_query=preset.n_query, provenance=recipe)
     return path

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgemeta.data.splits import OMNIGLOT_TEST, OMNIGLOT_TRAIN, DataSplit, load_split
-from tests.harness import run_python
+from tests.harness import OMNIGLOT_DIR, run_python
 
 
 def test_a_split_reads_the_same_from_a_config_its_saved_dict_or_itself():
@@ -71,3 +71,37 @@ def test_the_split_loads_with_tensorflow_and_the_workstation_absent(omniglot_dir
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["65", "[]"]
+
+
+BACKGROUND_ZIP = OMNIGLOT_DIR.parent / "omniglot-background" / "images_background.zip"
+
+
+def test_the_omniglot_preset_recipe_trains_on_the_background_set_and_its_selection_holds_six_alphabets_out():
+    from edgemeta.data.splits import OMNIGLOT_BACKGROUND, OMNIGLOT_SELECTION
+    from edgemeta.train.recipes import RECIPES
+
+    assert len(OMNIGLOT_BACKGROUND) == len(set(OMNIGLOT_BACKGROUND)) == 30
+    preset, select = RECIPES["omniglot"], RECIPES["omniglot-select"]
+    assert set(preset.train_groups) == set(OMNIGLOT_BACKGROUND) and not preset.test_groups
+    assert set(select.test_groups) == set(OMNIGLOT_SELECTION) and len(OMNIGLOT_SELECTION) == 6
+    assert not set(select.train_groups) & set(select.test_groups)
+    assert set(select.train_groups) | set(select.test_groups) == set(OMNIGLOT_BACKGROUND)
+    # Everything but the held-out alphabets is the same recipe.
+    assert {k: v for k, v in asdict(preset).items() if not k.endswith("_groups")} == {
+        k: v for k, v in asdict(select).items() if not k.endswith("_groups")}
+
+
+def test_the_background_alphabets_are_the_zips_and_each_held_out_one_has_twenty_characters():
+    if not BACKGROUND_ZIP.is_file():
+        pytest.skip(f"Omniglot's full background set is not at {BACKGROUND_ZIP} (../shared/datasets/omniglot-background)")
+    import zipfile
+
+    from edgemeta.data.splits import OMNIGLOT_BACKGROUND, OMNIGLOT_SELECTION
+
+    characters: dict[str, set[str]] = {}
+    for name in zipfile.ZipFile(BACKGROUND_ZIP).namelist():
+        parts = name.split("/")
+        if len(parts) == 4 and parts[3]:
+            characters.setdefault(parts[1], set()).add(parts[2])
+    assert sorted(characters) == sorted(OMNIGLOT_BACKGROUND) and sum(map(len, characters.values())) == 964
+    assert all(len(characters[a]) >= 20 for a in OMNIGLOT_SELECTION)  # Lake et al.'s 20-way runs fit in each
