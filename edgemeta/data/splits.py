@@ -140,7 +140,9 @@ def load_split(config: Any, load_train: bool = True) -> tuple[ImageClassDataset 
         full = load_omniglot(split.data_dir, preprocessing=pre)
         train_groups = list(split.train_groups or OMNIGLOT_TRAIN)
         test_groups = list(split.test_groups if split.test_groups is not None else OMNIGLOT_TEST)
-        train = full.subset(groups=train_groups)
+        # Not the training alphabets when they are not asked for: a bundle trained on the full background set is
+        # evaluated on other data (the small set's alphabets, say), where they are absent.
+        train = full.subset(groups=train_groups) if load_train else None
         test = full.subset(groups=test_groups) if test_groups else None
     elif split.dataset == "digits":
         full = load_digits(pre)

@@ -16,11 +16,12 @@ from edgemeta.deploy.state import BoardState, is_version_id, new_version_id, to_
 from edgemeta.presets import preset_path
 
 PRESET = Path(preset_path("omniglot"))
-V1, V2, V3 = "20260101T000000Z-e82902fc6d6a", "20260102T000000Z-e82902fc6d6a", "20260102T000000Z-e82902fc6d6a-2"
+SHA = json.loads((PRESET / "manifest.json").read_text())["model_sha256"][:12]  # the names deploy gives the preset
+V1, V2, V3 = f"20260101T000000Z-{SHA}", f"20260102T000000Z-{SHA}", f"20260102T000000Z-{SHA}-2"
 # Names deploy never makes. The first one, a leading newline, was listed as the version "" and pruned as
 # `rm -rf versions/`: the board lost every version, the new one included.
 ODD = ["\nx", "odd\nname", "has space", "$(touch pwned)", "`touch pwned`; rm -rf ..", "-rf", "backup.partial",
-       "20260101T000000Z-E82902FC6D6A", "20260101T000000Z-e82902fc6d6a\n", "version=20260101T000000Z-e82902fc6d6a"]
+       f"20260101T000000Z-{SHA.upper()}", f"20260101T000000Z-{SHA}\n", f"version=20260101T000000Z-{SHA}"]
 
 
 class LocalBoard(dp.Board):
@@ -59,7 +60,7 @@ def board_with_odd_entries(root: Path) -> Path:
         (versions / name).mkdir()
         (versions / name / "keep.txt").write_text("someone's")
     (versions / "README").write_text("a file, not a version")
-    os.symlink(versions / V1, versions / "20260103T000000Z-e82902fc6d6a")  # deploy never links a version
+    os.symlink(versions / V1, versions / f"20260103T000000Z-{SHA}")  # deploy never links a version
     os.symlink(f"versions/{V1}", root / "current")
     return root
 
@@ -84,8 +85,8 @@ def test_the_inspect_script_lists_only_names_deploy_made(tmp_path):
     state = BoardState.inspect(LocalBoard(root), "deploy")
     assert state.current == V1 and state.versions == [V1, V2]
     assert state.cleaned == [f"{V3}.partial"] and not (root / "versions" / f"{V3}.partial").exists()
-    assert sorted(state.odd) == sorted(ODD + ["README", "20260103T000000Z-e82902fc6d6a"])
-    assert set(state.manifests) == {V1, V2} and state.manifests[V1]["model_sha256"].startswith("e82902fc6d6a")
+    assert sorted(state.odd) == sorted(ODD + ["README", f"20260103T000000Z-{SHA}"])
+    assert set(state.manifests) == {V1, V2} and state.manifests[V1]["model_sha256"].startswith(SHA)
     [warning] = state.warnings()
     assert warning.startswith("ignored 12 entries under versions/ that deploy did not make (left in place, never pruned): ")
     assert "\n" not in warning and "and 7 more" in warning
