@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--center", type=int, default=0, metavar="N",
                         help="also measure embeddings centred on the mean embedding of N training images per class "
                              "(SimpleShot's CL2N), the final model only")
+    parser.add_argument("--flip", action="store_true",
+                        help="also measure test-time flips: each image's embedding averaged (unit length) with its "
+                             "mirror's, the final model only")
     parser.add_argument("--within-group", action="store_true",
                         help="also each task with every episode's classes from one group (Omniglot: one alphabet, as "
                              "in Lake et al.'s one-shot runs)")
@@ -57,6 +60,10 @@ def main() -> None:
             train, _ = load_split(TrainConfig(**run["config"]))
             keep = np.concatenate([np.flatnonzero(train.labels == c)[: args.center] for c in range(train.num_classes)])
             variants.append(("centred ", embeddings - embed_once(learner.backbone, train.images.take(keep, axis=0)).mean(0)))
+        if args.flip and checkpoint is None:
+            mirrored = embed_once(learner.backbone, np.asarray(val.images)[:, :, ::-1].copy())
+            unit = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (embeddings, mirrored)]
+            variants.append(("flip-averaged ", unit[0] + unit[1]))
         for prefix, vectors in variants:
             for way, shot in args.tasks:
                 for within in (False, True) if args.within_group else (False,):
