@@ -28,6 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fresh_runtime_figure(tmp_path: Path) -> dict[str, str]:
+    """An environment whose plan measures the runtime afresh (`XDG_CACHE_HOME` in `tmp_path`), in the same state as the
+    process it is compared with. The runtime's resident shared-library pages depend on the page cache: in a venv
+    just installed (its libraries wholly cached) the same fresh process measured 50.3 MB, in one long in use 43.0 MB;
+    a figure cached by another venv would compare one state's plan with another's peak."""
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
 def run_python(code: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter of this venv (real process, real imports)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, **kwargs)

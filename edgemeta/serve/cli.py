@@ -208,11 +208,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"edgemeta device serve: error: cannot listen on {args.host}:{args.port} ({e})", file=sys.stderr)
         return 2
-    return run(server, service)
+    return run(server, service, restore_signals=False)
 
 
-def run(server: Any, service: Service) -> int:
-    """Serves until SIGTERM/SIGINT, lets requests in flight finish, saves the store."""
+def run(server: Any, service: Service, restore_signals: bool = True) -> int:
+    """Serves until SIGTERM/SIGINT, lets requests in flight finish, saves the store. `restore_signals=False` (a
+    process that exits next, as the command does) keeps ignoring further signals to the end instead of restoring the
+    previous handlers: a second SIGTERM after the save would otherwise kill it with -15, not exit 0."""
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -245,8 +247,9 @@ def run(server: Any, service: Service) -> int:
     except Exception as e:
         log(f"could not save the store to {service.state_path}: {e}")
         code = 1
-    for s, handler in previous.items():
-        signal.signal(s, handler)
+    if restore_signals:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     log("stopped")
     return code
 

