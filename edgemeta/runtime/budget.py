@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # (uint8 pixels, then one float32 channel at a time, resized as it is made; for 1 channel, the gray plane beside it).
 # Images are decoded one at a time, but the largest is converted whole: a budget sets aside this much per pixel of
 # the largest image the adapter accepts (`Embedder.max_pixels`). Measured on a 1000x1000 RGB PNG, peak RSS over the
-# process's before (docs/service.md, "Memory"): 15.6 B for a 3-channel model, 17.2 B for a 1-channel one (its gray
+# process's before (`benchmarks/pixel_memory.py`): 15.5 B for a 3-channel model, 17.2 B for a 1-channel one (its gray
 # plane made a band of rows at a time); set with a margin. (Converting all channels to float32 at once took 27.5 B.)
 PIXEL_BYTES = {1: 20, 3: 18}
 

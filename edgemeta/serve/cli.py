@@ -139,12 +139,13 @@ def _budget(args: argparse.Namespace, limits: Limits, channels: int) -> tuple[in
 
 
 def _bundle(args: argparse.Namespace) -> tuple[Any, int]:
-    """The bundle to serve (--bundle, else --preset's) and its model's input channels."""
-    from edgemeta.format.bundle import read_bundle
+    """The bundle to serve (--bundle, else --preset's) and its model's input channels, from its manifest alone (the
+    adapter reads, hashes and verifies the model once, later)."""
+    from edgemeta.format.bundle import read_manifest
     from edgemeta.presets import preset_path
 
     bundle = args.bundle if args.bundle else preset_path(args.preset)
-    return bundle, read_bundle(bundle)[1].preprocessing.channels
+    return bundle, read_manifest(bundle).preprocessing.channels
 
 
 def _threshold(args: argparse.Namespace) -> Any:
