@@ -1,4 +1,5 @@
-"""Decodes one image (a file path, an encoded file's bytes, a PIL image or an array) to pixels, within limits.
+"""Decodes one image (a file path, an encoded file's bytes, a PIL image or an array) to pixels, within limits;
+encodes a class's small JPEG thumbnail (`thumbnail_jpeg`).
 
 Every way an image reaches edgemeta goes through `decode_image`: the runtime's preprocessing (paths, PIL
 images, arrays) and the service's request bodies (bytes), so a file, a request and a PIL image of the same
@@ -115,6 +116,37 @@ def image_header(image: str | os.PathLike | bytes, *, draft: tuple[int, int] | N
     limits."""
     with _Opened(image, formats) as (im, _):
         return _header(im, draft)
+
+
+def thumbnail_jpeg(pixels: np.ndarray, max_side: int = 64, max_bytes: int = 6144) -> bytes:
+    """A small JPEG of uint8 pixels, `(H, W)` or `(H, W, C)` with C 1, 3 or 4 (alpha dropped): grey (L) or RGB,
+    at most `max_side` pixels on its longer side (never enlarged), at most `max_bytes` bytes. The quality is
+    lowered from 85 until it fits, then the side (3/4, then 1/2) for an image that no quality fits (noise).
+
+    A large image is first subsampled by rows and columns to about four times `max_side` (no copy of the
+    whole image beside it), then reduced with Lanczos: what a 64-pixel thumbnail needs."""
+    array = np.asarray(pixels)
+    if (array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))
+            or 0 in array.shape):
+        raise ValueError(f"A thumbnail is made from uint8 pixels of shape (H, W) or (H, W, C) with C in 1, 3, 4. "
+                         f"Received: {array.dtype} of shape {array.shape}")
+    for name, value in (("max_side", max_side), ("max_bytes", max_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 8:
+            raise ValueError(f"{name} must be an integer >= 8. Received: {value!r}")
+    if array.ndim == 3:
+        array = array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3]
+    step = max(1, max(array.shape[:2]) // (4 * max_side))
+    image = Image.fromarray(np.ascontiguousarray(array[::step, ::step]))
+    for side in (max_side, max_side * 3 // 4, max_side // 2):
+        small = image.copy()
+        small.thumbnail((side, side), Image.Resampling.LANCZOS)
+        for quality in (85, 70, 55, 40, 25, 10):
+            out = io.BytesIO()
+            small.save(out, "JPEG", quality=quality, optimize=True)
+            if out.tell() <= max_bytes:
+                return out.getvalue()
+    raise ValueError(f"No JPEG of at most {max_side} pixels a side fits {max_bytes} bytes. Received: pixels of shape "
+                     f"{np.shape(pixels)}; raise max_bytes")
 
 
 def pil_pixels(im: Image.Image) -> np.ndarray:

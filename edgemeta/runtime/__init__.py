@@ -3,10 +3,10 @@
 Needs numpy, Pillow and a TFLite interpreter (ai-edge-litert, else tflite_runtime, else tensorflow.lite).
 """
 
-from edgemeta.runtime.adapter import FewShotAdapter, MemoryBudgetError, Prediction
+from edgemeta.runtime.adapter import ClassInfo, FewShotAdapter, MemoryBudgetError, Prediction
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.interpreter import interpreter_class
 from edgemeta.runtime.store import PrototypeStore, StoreError, StoreLockedError, StoreReadOnlyError
 
-__all__ = ["Embedder", "FewShotAdapter", "MemoryBudgetError", "Prediction", "PrototypeStore", "StoreError",
+__all__ = ["ClassInfo", "Embedder", "FewShotAdapter", "MemoryBudgetError", "Prediction", "PrototypeStore", "StoreError",
            "StoreLockedError", "StoreReadOnlyError", "interpreter_class"]

@@ -19,7 +19,7 @@ from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.index import PrototypeIndex
 from edgemeta.runtime.lock import StoreLock, resolve_store_path
 from edgemeta.runtime.prototypes import for_metric
-from edgemeta.runtime.store import PrototypeStore, StoreError, StoreReadOnlyError
+from edgemeta.runtime.store import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, ClassInfo, PrototypeStore, StoreError, StoreReadOnlyError
 from edgemeta.runtime.threshold import UnknownThreshold, check_threshold
 
 ON_FULL = ("error", "evict")
@@ -50,8 +50,9 @@ class FewShotAdapter:
 
     `enroll` embeds the shots and adds them to the class's running mean in the `PrototypeStore`;
     `classify` embeds the queries and answers each with the nearest prototype (`PrototypeIndex`), or
-    "unknown" beyond the open-set threshold (`UnknownThreshold`). `enroll` and `forget` are
-    transactions: a full memory budget (`MemoryBudget`) or a failed save undoes them.
+    "unknown" beyond the open-set threshold (`UnknownThreshold`). `enroll`, `forget`, `rename` and
+    `set_thumbnail` are transactions: a full memory budget (`MemoryBudget`) or a failed save undoes them.
+    `classes()` lists the classes (shots, times, thumbnail) and `memory_report()` the budget, for a page.
 
     Example:
         >>> adapter = FewShotAdapter.from_preset("omniglot")
@@ -84,15 +85,21 @@ class FewShotAdapter:
             (converting an image takes ~30 bytes per pixel).
         read_only: load `state` without taking its lock (beside a running writer, e.g. the service);
             `enroll`, `forget` and saving over `state` then raise `StoreReadOnlyError`.
+        thumbnails: keep a small JPEG per class (at most THUMBNAIL_SIDE pixels a side and THUMBNAIL_MAX_BYTES),
+            made from the first image enrolled into a class that has none (`thumbnail`, `set_thumbnail`);
+            stored, renamed and forgotten with the class, and counted in the memory budget.
     """
 
     def __init__(self, embedder: Embedder, state: str | os.PathLike | None = None, *,
                  memory_budget: int | str | None = None, on_full: str = "error",
                  unknown_threshold: float | str | None = "calibrated", prototype_dtype: str = "float32",
                  keep_support: str | None = None, max_batch: int | None = None, max_pixels: int | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, thumbnails: bool = False) -> None:
         if on_full not in ON_FULL:
             raise ValueError(f"on_full must be one of {ON_FULL}. Received: {on_full!r}")
+        if not isinstance(thumbnails, bool):
+            raise ValueError(f"thumbnails must be True or False. Received: {thumbnails!r}")
+        self.thumbnails = thumbnails
         self.embedder = embedder
         self.metric = embedder.manifest.metric
         for_metric(np.zeros((1, 1)), self.metric)  # unknown metric: refuse the bundle now, not at classify
@@ -128,6 +135,7 @@ class FewShotAdapter:
         self.unknown_threshold = unknown_threshold
         self.memory_budget = parse_bytes(memory_budget, "memory_budget") if memory_budget is not None else None
         self._budget: MemoryBudget | None = None
+        self._planned: MemoryBudget | None = None  # without a budget: what one would count, for memory_report
         if self.memory_budget is not None:
             self._budget = MemoryBudget.for_adapter(self.memory_budget, embedder, self._store)
             self._budget.check(self._store, "The loaded store")
@@ -186,6 +194,40 @@ class FewShotAdapter:
         with self._lock:
             return self._store.count(label)
 
+    def thumbnail(self, label: str) -> bytes | None:
+        """Class `label`'s thumbnail, JPEG bytes, or None when it has none; KeyError for an unknown label."""
+        with self._lock:
+            return self._store.thumbnail(label)
+
+    def classes(self) -> list[ClassInfo]:
+        """Every enrolled class, sorted by label: its shots, when it was enrolled and last used (Unix seconds;
+        None for a store saved before these were kept), whether it has a thumbnail. A class is used when it
+        is enrolled into or is classify's answer; that use is saved with the next change (or `save`)."""
+        with self._lock:
+            return sorted(self._store.classes(), key=lambda info: info.label)
+
+    def memory_report(self) -> dict:
+        """The memory budget as a status page shows it: `budget_bytes` (None without one), `used_bytes` (what
+        the budget counts now: the fixed part of the plan, `MemoryBudget.for_adapter`, plus the classes,
+        `class_bytes`), `classes`, and `classes_that_fit` (how many more classes of the typical shot count,
+        with a thumbnail at its largest when the adapter keeps them, still fit; None without a budget).
+        Without a budget the plan is made on the first call (measuring the runtime, once per machine)."""
+        from edgemeta.runtime.budget import class_bytes, more_classes, raw_image_bytes
+
+        with self._lock:
+            budget = self._budget
+            if budget is None:
+                if self._planned is None:
+                    self._planned = MemoryBudget.for_adapter(0, self.embedder, self._store)
+                budget = self._planned
+            used = budget.total - budget.for_classes + class_bytes(self._store, budget.batch)
+            fit = None
+            if self._budget is not None:
+                fit = more_classes(self._store, self._budget, max(1, self._store.median_count()),
+                                   raw_image_bytes(self.embedder.manifest), self.thumbnails)
+            return {"budget_bytes": self.memory_budget, "used_bytes": int(used), "classes": len(self._store),
+                    "classes_that_fit": fit}
+
     def prototypes(self) -> tuple[list[str], np.ndarray]:
         """`(sorted labels, (n_classes, D) prototype matrix)`."""
         with self._lock:
@@ -200,11 +242,13 @@ class FewShotAdapter:
         and change nothing."""
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"label must be a non-empty string. Received: {label!r}")
-        embeddings, raw = self._embed_shots(images)
+        embeddings, raw, thumbnail = self._embed_shots(images, label)
         with self._lock:
             before, capacity = {label: self._store.snapshot(label)}, self._store.capacity
             count = self._store.add(label, embeddings, raw)
             try:
+                if thumbnail is not None and not self._store.has_thumbnail(label):
+                    self._store.set_thumbnail(label, thumbnail)
                 self._evict_to_fit(label, capacity, before)
                 self._persist()
             except BaseException:
@@ -224,6 +268,43 @@ class FewShotAdapter:
                 self._undo(before)
                 raise
             self._head = None
+
+    def rename(self, old: str, new: str) -> None:
+        """Gives class `old` the label `new`, with its shots, times and thumbnail; saved like `enroll`. KeyError
+        when `old` is not enrolled, ValueError when `new` is not a label or is enrolled already; a full budget
+        (a longer label) or a failed save undoes it. Renaming a class to its own label does nothing."""
+        if not isinstance(new, str) or not new.strip():
+            raise ValueError(f"The new label must be a non-empty string. Received: {new!r}")
+        with self._lock:
+            if not isinstance(old, str) or old not in self._store:
+                raise KeyError(f"Cannot rename {old!r}: no class is enrolled under it. Received: {old!r}")
+            if new == old:
+                return
+            self._store.rename(old, new)  # ValueError for a bad or taken label, before anything changed
+            try:
+                if self._budget is not None:
+                    self._budget.check(self._store, f"Renaming {old!r}")
+                self._persist()
+            except BaseException:
+                self._store.rename(new, old)
+                raise
+            self._head = None
+
+    def set_thumbnail(self, label: str, image: Any) -> None:
+        """Replaces class `label`'s thumbnail with one made from `image` (one image, in any form `enroll`
+        takes; None removes it), whether or not the adapter makes thumbnails itself; saved like `enroll`.
+        KeyError for an unknown label; bad input, a full budget or a failed save raise and change nothing."""
+        thumbnail = None if image is None else _thumbnail(image, self.embedder.max_pixels)
+        with self._lock:
+            before = self._store.thumbnail(label)  # KeyError for an unknown label, before anything changed
+            self._store.set_thumbnail(label, thumbnail)
+            try:
+                if self._budget is not None:
+                    self._budget.check(self._store, f"With the thumbnail of {label!r}, the store")
+                self._persist()
+            except BaseException:
+                self._store.set_thumbnail(label, before)
+                raise
 
     def fit_head(self, steps: int = 50, **options: Any) -> dict:
         """Trains a softmax head, initialised from the prototypes, on the kept support embeddings
@@ -332,15 +413,20 @@ class FewShotAdapter:
         return store
 
     # -- internals ---------------------------------------------------------------------------------
-    def _embed_shots(self, images: Any) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """The shots' metric-mapped float64 embeddings, and their raw uint8 pixels when the store keeps
-        images (to re-enroll under a new model)."""
-        raw = None
-        if self._store.keep_support == "images":
-            from edgemeta.format.preprocessing import as_image_list
+    def _embed_shots(self, images: Any, label: str) -> tuple[np.ndarray, list[np.ndarray] | None, bytes | None]:
+        """The shots' metric-mapped float64 embeddings, their raw uint8 pixels when the store keeps images
+        (to re-enroll under a new model), and with `thumbnails` the first image's thumbnail when class
+        `label` has none yet (made after the embedder checked every image)."""
+        from edgemeta.format.preprocessing import as_image_list
 
+        raw, wants_thumbnail = None, self.thumbnails and not self._store.has_thumbnail(label)
+        if self._store.keep_support == "images":
             images = raw = [_raw_uint8(image, self.embedder.max_pixels) for image in as_image_list(images)]
-        return for_metric(self.embedder.embed(images).astype(np.float64), self.metric), raw
+        elif wants_thumbnail:  # one pass over a generator: the embedder's limit on the images' count
+            images = as_image_list(images, limit=self.embedder.preprocessing.max_images)
+        embeddings = for_metric(self.embedder.embed(images).astype(np.float64), self.metric)
+        thumbnail = _thumbnail(images[0], self.embedder.max_pixels) if wants_thumbnail else None
+        return embeddings, raw, thumbnail
 
     def _evict_to_fit(self, enrolled: str, capacity: int, before: dict) -> None:
         """With a budget, forgets the least recently used classes until the store fits it, or raises
@@ -382,13 +468,25 @@ class FewShotAdapter:
             self._store.shrink_to(capacity)
 
 
-def _raw_uint8(image: Any, max_pixels: int) -> np.ndarray:
-    """An image as the uint8 pixels a new model's preprocessing can start from again."""
+def _raw_uint8(image: Any, max_pixels: int, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """An image as the uint8 pixels a new model's preprocessing can start from again (`draft`: the size they
+    will be reduced to, which lets a large JPEG file decode at 1/2..1/8 scale)."""
     from edgemeta.format.preprocessing import _check_unit_range, _load, _to_unit_float
 
-    array = _load(image, max_pixels)
+    array = _load(image, max_pixels, draft)
     _check_unit_range(array)
     return array if array.dtype == np.uint8 else np.round(_to_unit_float(array) * 255).astype(np.uint8)
 
 
-__all__ = ["FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError"]
+def _thumbnail(image: Any, max_pixels: int) -> bytes:
+    """One image's thumbnail (`edgemeta.format.images.thumbnail_jpeg`), decoded within `max_pixels`."""
+    from edgemeta.format.images import thumbnail_jpeg
+
+    if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+        raise ValueError(f"A thumbnail is made from one image. Received: {type(image).__name__} of "
+                         f"{len(image)} images")
+    pixels = _raw_uint8(image, max_pixels, draft=(THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return thumbnail_jpeg(pixels, THUMBNAIL_SIDE, THUMBNAIL_MAX_BYTES)
+
+
+__all__ = ["ClassInfo", "FewShotAdapter", "MemoryBudgetError", "Prediction", "StoreError"]

@@ -90,16 +90,36 @@ def class_bytes(store: PrototypeStore, batch: int = 0) -> int:
 
 def persist_bytes_per_class(shots: int, keeps_support: bool) -> int:
     """What one more class of a typical label (`LABEL_BYTES`' 16 characters) adds to a store's
-    `persist_peak_bytes`: twice its label's JSON, a byte, and 80 B per kept shot; for the plan."""
-    return 2 * (len(json.dumps("x" * 16)) + 2) + 1 + (80 * shots if keeps_support else 0)
+    `persist_peak_bytes`: twice its label's JSON, 9 bytes (its thumbnail's size among them), and 80 B per
+    kept shot; for the plan."""
+    return 2 * (len(json.dumps("x" * 16)) + 2) + 9 + (80 * shots if keeps_support else 0)
+
+
+def more_classes(store: PrototypeStore, budget: MemoryBudget, shots: int, image_bytes: int, thumbnails: bool) -> int:
+    """How many more classes of `shots` shots and a typical label (`LABEL_BYTES`' 16 characters), each with a
+    thumbnail at its largest when `thumbnails`, `budget` accepts beside `store`'s: what `MemoryBudget.make_room`
+    would let `enroll` add one by one (without evicting), the store's arrays growing by a quarter when full.
+    `image_bytes`: one raw image (`raw_image_bytes`), for a store that keeps images."""
+    per_class = (store.bytes_per_class(shots, image_bytes, thumbnails) - store.row_bytes  # its row: below
+                 + persist_bytes_per_class(shots, store.keep_support is not None)
+                 + CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * budget.batch)
+    free, n, capacity, fit = budget.for_classes - class_bytes(store, budget.batch), len(store), store.capacity, 0
+    while True:  # one growth of the arrays at a time: a few dozen rounds for thousands of classes
+        if n == capacity:
+            grow = max(16, n // 4)  # as PrototypeStore._append_row grows them
+            free, capacity = free - grow * store.row_bytes, capacity + grow
+        k = max(0, min(capacity - n, free // per_class))
+        fit, n, free = fit + k, n + k, free - k * per_class
+        if n < capacity or k == 0:
+            return fit
 
 
 def evicted_bytes(store: PrototypeStore, label: str, batch: int = 0) -> int:
-    """What forgetting `label` gives back: its label, row objects, kept shots, classify's entry and its
-    columns. Its array row stays, as a spare (the arrays do not shrink on remove); what it took of the
+    """What forgetting `label` gives back: its label, row objects, kept shots, thumbnail, classify's entry and
+    its columns. Its array row stays, as a spare (the arrays do not shrink on remove); what it took of the
     save's transient peak is not counted (a few bytes: evicting errs on the side of one class more)."""
     return (store.label_bytes(label) + ROW_OBJECT_BYTES + CLASSIFY_CACHE_BYTES + 8 * CLASSIFY_ARRAYS * batch
-            + store.support_bytes(label))
+            + store.support_bytes(label) + store.thumbnail_bytes(label))
 
 
 class MemoryBudget:
@@ -160,7 +180,8 @@ class MemoryBudget:
                 f"Enrolling {enrolled!r} would need {needed / 2**20:.2f} MB for {len(store)} classes; "
                 f"the memory budget of {self.total / 2**20:.1f} MB leaves {self.for_classes / 2**20:.2f} MB "
                 "for classes. Nothing was changed. Forget classes, raise memory_budget, use "
-                "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class.")
+                "prototype_dtype='int8', or pass on_full='evict' to forget the least recently used class"
+                + (f" (thumbnails take {store.thumbnail_bytes() / 2**20:.2f} MB of it)." if store.thumbnail_bytes() else "."))
         victims, freed = [], 0
         grown = (store.capacity - capacity) * store.row_bytes  # freed by shrink_to(capacity)
         for label in store.by_last_use():

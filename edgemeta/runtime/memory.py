@@ -14,9 +14,10 @@ The prediction is a sum of parts, each either measured once or computed from the
   largest set of tensors alive at once.
 - `working`: the transient arrays of one call (raw and preprocessed images, the distance matrix), for
   images of the size the bundle's manifest expects (`edgemeta.runtime.budget.working_set_bytes`).
-- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`), what saving or loading it
-  holds transiently (`persist`, and per class `budget.persist_bytes_per_class`), and what classify keeps
-  per class between calls (a squared norm, a label slot).
+- `store`: the prototype store, per class (`PrototypeStore.bytes_per_class`; with `thumbnails`, each class's
+  thumbnail at its largest, `THUMBNAIL_CLASS_BYTES`), what saving or loading it holds transiently
+  (`persist`, and per class `budget.persist_bytes_per_class`), and what classify keeps per class between
+  calls (a squared norm, a label slot).
 - `block`: classify's float64 copy of the prototypes, kept for up to `resident_classes` classes.
 - `request`: what one request may take beyond `working`: converting the largest image the adapter accepts
   (`pixel_bytes` per pixel of `max_pixels`) and, for the service, its body, parsed JSON and decoded
@@ -169,11 +170,12 @@ class MemoryPlan:
 
 def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, prototype_dtype: str = "float32",
                 keep_support: str | None = None, runtime_bytes: int | None = None, request_bytes: int = 0,
-                max_pixels: int | None = None) -> MemoryPlan:
+                max_pixels: int | None = None, thumbnails: bool = False) -> MemoryPlan:
     """The `MemoryPlan` of an adapter on `bundle` that embeds up to `batch` images per call, accepts images
     of up to `max_pixels` pixels (default: the bundle's, `edgemeta.format.images.max_pixels_for`) and
-    whose classes have `shots` shots; `request_bytes` is what one request may take beyond that (the
-    service's `body_reserve`). `runtime_bytes` defaults to this machine's measured overhead."""
+    whose classes have `shots` shots (and, with `thumbnails`, a thumbnail each: planned at its largest);
+    `request_bytes` is what one request may take beyond that (the service's `body_reserve`).
+    `runtime_bytes` defaults to this machine's measured overhead."""
     from edgemeta.format.bundle import read_bundle
     from edgemeta.runtime.interpreter import interpreter_class
 
@@ -189,22 +191,24 @@ def plan_memory(bundle: str | os.PathLike, batch: int = 8, shots: int = 5, proto
 
         max_pixels = max_pixels_for(manifest)
     return plan_for(manifest, len(model_bytes), tensor_arena_bytes(interpreter, batch), batch, shots, prototype_dtype,
-                    keep_support, runtime=runtime, request_bytes=request_bytes, max_pixels=max_pixels)
+                    keep_support, runtime=runtime, request_bytes=request_bytes, max_pixels=max_pixels,
+                    thumbnails=thumbnails)
 
 
 def plan_for(manifest: Manifest, model_size: int, arena: int, batch: int, shots: int = 5,
              prototype_dtype: str = "float32", keep_support: str | None = None, runtime: RuntimeOverhead | None = None,
-             request_bytes: int = 0, max_pixels: int = 0) -> MemoryPlan:
+             request_bytes: int = 0, max_pixels: int = 0, thumbnails: bool = False) -> MemoryPlan:
     """The `MemoryPlan` of a model of `model_size` bytes, `arena` bytes of activations at `batch`, and
-    `manifest`, for images of up to `max_pixels` pixels: what `plan_memory` computes from a bundle and
-    `MemoryBudget.for_adapter` from a running adapter (`Embedder.activation_bytes`, `Embedder.max_pixels`)."""
+    `manifest`, for images of up to `max_pixels` pixels (and classes with thumbnails, with `thumbnails`):
+    what `plan_memory` computes from a bundle and `MemoryBudget.for_adapter` from a running adapter
+    (`Embedder.activation_bytes`, `Embedder.max_pixels`)."""
     from edgemeta.runtime.store import PrototypeStore
 
     store = PrototypeStore(manifest.embedding_size, manifest.model_sha256, prototype_dtype, keep_support)
     runtime = runtime or runtime_overhead()
     return MemoryPlan(runtime=runtime.total, model=2 * model_size, arena=arena,
                       working=working_set_bytes(manifest, batch),
-                      per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest))
+                      per_class=store.bytes_per_class(shots, image_bytes=raw_image_bytes(manifest), thumbnails=thumbnails)
                       + persist_bytes_per_class(shots, keep_support is not None), batch=batch,
                       runtime_measured_on=runtime.machine,
                       # classify's buffers, spread over the classes they are kept for

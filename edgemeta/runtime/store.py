@@ -1,19 +1,23 @@
 """The prototype store: what the board was taught, as per-class running means, saved crash-safely.
 
-A class is a row: its running-mean embedding (float32, or int8 with a per-class scale), its shot count
-and when it was last used (for least-recently-used eviction). Optionally the store keeps each shot's
-embedding (for on-device head fine-tuning) or its raw image (to re-enroll under a new model).
+A class is a row: its running-mean embedding (float32, or int8 with a per-class scale), its shot count,
+when it was last used (a logical clock, for least-recently-used eviction), when it was enrolled and last
+used in wall-clock time (Unix seconds, for people), and optionally a small JPEG thumbnail (at most
+THUMBNAIL_MAX_BYTES). Optionally the store keeps each shot's embedding (for on-device head fine-tuning)
+or its raw image (to re-enroll under a new model).
 
-On disk (format version 2): an 8-byte magic, a little-endian uint32 header length, a JSON header
+On disk (format version 3): an 8-byte magic, a little-endian uint32 header length, a JSON header
 (format version, the bundle's model sha256, the labels) and an `.npz` payload (uncompressed), then the
-sha256 of everything before it.
+sha256 of everything before it. Version 3 added the payload's wall-clock times and thumbnails; version-2
+files (the same layout without them) load with no thumbnails and unknown (None) times.
 - `save` is atomic (temporary file, fsync, rename, fsync directory) and streamed: the header, then each
   array straight from the store's memory, the checksum computed on the way (no copy of the file in
   memory). It writes as the store's one writer (`edgemeta.runtime.lock`): under the caller's lock, or
   one taken for the save.
 - `load` streams too (the checksum in chunks, then one array at a time) and checks, before it builds
   anything, the magic, version and checksum, then every header field and every array's name, dtype
-  and shape against the labels, then the values (finite means, counts >= 1): a file that fails is a
+  and shape against the labels, then the values (finite means, counts >= 1, thumbnails' sizes declared
+  and bounded before their bytes are read, each a JPEG): a file that fails is a
   `StoreError` naming the field. Version-1 files (a bare `.npz`) are still read, their declared sizes
   checked before anything is inflated. Nothing is unpickled.
 """
@@ -26,6 +30,7 @@ import os
 import re
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,8 @@ if TYPE_CHECKING:
 
     from edgemeta.runtime.lock import StoreLock
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # of the header-and-npz layout (version 1, a bare .npz, is told apart by its first bytes)
 MAGIC = b"EMSTORE\x00"
 PROTOTYPE_DTYPES = ("float32", "int8")
 KEEP_SUPPORT = (None, "embeddings", "images")
@@ -61,6 +67,15 @@ V1_SLACK_BYTES = 1 << 20  # version 1 was written uncompressed: its arrays decla
 # load/save's fixed transient beyond the figures `persist_peak_bytes` scales (zipfile's objects, buffers
 # of CHUNK_BYTES, a label's JSON): see persist_peak_bytes for the measurement.
 PERSIST_FIXED_BYTES = 1 << 20
+# A class's thumbnail: a JPEG of at most THUMBNAIL_SIDE pixels on its longer side and THUMBNAIL_MAX_BYTES bytes
+# (`edgemeta.format.images.thumbnail_jpeg`), for a page listing the classes: 6 KiB per class at most.
+THUMBNAIL_SIDE = 64
+THUMBNAIL_MAX_BYTES = 6144
+# A thumbnail's entry in the store's dict by label: 24 B in a table CPython grows to 3x its entries rounded up to
+# a power of two, and its index: up to ~120 B per entry just after it grows (tracemalloc: 45 B at 3000 entries).
+THUMBNAIL_ENTRY_BYTES = 128
+THUMBNAIL_CLASS_BYTES = sys.getsizeof(b"x" * THUMBNAIL_MAX_BYTES) + THUMBNAIL_ENTRY_BYTES  # the most one costs
+MAX_TIMESTAMP = 1e11  # Unix seconds (the year 5138): a saved time beyond it is damage, not a date
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -86,13 +101,29 @@ class _Row:
     count: int
     last_used: int
     support: list[Any]
+    enrolled_at: float = float("nan")
+    used_at: float = float("nan")
+    thumbnail: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One enrolled class as a person sees it: `shots` images; `last_used` (its last enrollment, or the last
+    time it was classify's answer) and `enrolled` (its first enrollment) in Unix seconds, None when unknown
+    (a store saved before format version 3); whether it has a thumbnail."""
+
+    label: str
+    shots: int
+    last_used: float | None
+    enrolled: float | None
+    has_thumbnail: bool
 
 
 def read_header(data: bytes, source: str = "the store") -> tuple[dict[str, Any], int]:
-    """The JSON header of a version-2 store and the offset where its arrays start, from the file's first
+    """The JSON header of a version-2 or 3 store and the offset where its arrays start, from the file's first
     bytes (`12 +` the header's length suffice: deploy reads a board's store header without the whole file).
 
-    Raises StoreError when `data` is not the start of a version-2 store, or is too short to hold its header."""
+    Raises StoreError when `data` is not the start of such a store, or is too short to hold its header."""
     if data[:8] != MAGIC or len(data) < 12:
         raise StoreError(f"{source} is not an edgemeta prototype store. Received: first bytes {data[:8]!r}, "
                          f"expected {MAGIC!r}")
@@ -139,7 +170,12 @@ class PrototypeStore:
         self._scales = np.zeros(0, np.float32)  # int8 rows: mean = int8 * scale
         self._counts = np.zeros(0, np.int64)
         self._last_used = np.zeros(0, np.int64)
+        self._enrolled_at = np.zeros(0, np.float64)  # wall-clock Unix seconds; NaN: unknown (an older file)
+        self._used_at = np.zeros(0, np.float64)
         self._support: list[list[Any]] = []  # per row: embeddings (D,) float32 or raw uint8 images
+        self._thumbnails: dict[str, bytes] = {}  # by label, not per row: a store without them pays nothing
+        self._thumbnail_nbytes = 0  # sum of thumbnail_bytes over the thumbnails
+        self.wall_clock: Callable[[], float] = time.time  # (settable: tests move time by hand)
         self._clock = 0
         self._label_nbytes = 0  # sum of label_bytes over the labels
         self._label_json = 0  # sum of the labels' JSON lengths: the header's size, known without encoding it
@@ -163,7 +199,8 @@ class PrototypeStore:
 
     @property
     def version(self) -> int:
-        """Changes whenever a row is added, changed or removed (not when one is only used)."""
+        """Changes whenever a row is added, changed, renamed or removed (not when one is only used or given a
+        thumbnail): what classify derives from the rows is kept until it changes."""
         return self._version
 
     def median_count(self) -> int:
@@ -195,31 +232,53 @@ class PrototypeStore:
         """What `label`'s kept shots take, as `nbytes` counts them."""
         return sum(_shot_bytes(s) for s in self._support[self._row(label)])
 
+    def thumbnail(self, label: str) -> bytes | None:
+        """`label`'s thumbnail, JPEG bytes (None: it has none); KeyError for an unknown label."""
+        self._row(label)
+        return self._thumbnails.get(label)
+
+    def has_thumbnail(self, label: str) -> bool:
+        """Whether `label` is enrolled with a thumbnail (False for an unknown label)."""
+        return label in self._thumbnails
+
+    def thumbnail_bytes(self, label: str | None = None) -> int:
+        """What the thumbnails take (of `label` alone, when given; 0 without one), as `nbytes` counts them: each
+        bytes object and its dict entry. Forgetting the class gives this back."""
+        if label is None:
+            return self._thumbnail_nbytes
+        data = self._thumbnails.get(label)
+        return 0 if data is None else _thumbnail_bytes(data)
+
+    def classes(self) -> list[ClassInfo]:
+        """Every class in row order: its label, shots, wall-clock times and whether it has a thumbnail."""
+        return [ClassInfo(label, int(self._counts[i]), _seconds(self._used_at[i]), _seconds(self._enrolled_at[i]),
+                          label in self._thumbnails) for i, label in enumerate(self._labels)]
+
     def by_last_use(self) -> list[str]:
         """Labels from the least to the most recently used."""
         order = np.argsort(self._last_used[: len(self._labels)], kind="stable")
         return [self._labels[i] for i in order]
 
     def touch(self, labels: list[str]) -> None:
-        """Marks `labels` as used now (a prediction or an enrollment)."""
-        self._clock += 1
-        for label in labels:
-            if label in self._index:
-                self._last_used[self._index[label]] = self._clock
+        """Marks `labels` as used now (a prediction or an enrollment), on the logical clock and the wall clock."""
+        self.touch_rows([self._index[label] for label in labels if label in self._index])
 
     def touch_rows(self, rows: Any) -> None:
         """`touch` by row numbers (the order of `prototypes()`), as classify finds them."""
         self._clock += 1
-        n = len(self._labels)
+        n, now = len(self._labels), float(self.wall_clock())
         for i in rows:
             if 0 <= i < n:
                 self._last_used[i] = self._clock
+                self._used_at[i] = now
 
     def nbytes(self) -> int:
-        """Bytes the store holds in memory: arrays, labels (each as `label_bytes` counts it) and kept support data."""
+        """Bytes the store holds in memory: arrays, labels (each as `label_bytes` counts it), kept support data
+        and thumbnails (`thumbnail_bytes`)."""
         support = sum(_shot_bytes(s) for shots in self._support for s in shots)
-        arrays = self._means.nbytes + self._scales.nbytes + self._counts.nbytes + self._last_used.nbytes
-        return arrays + self._label_nbytes + ROW_OBJECT_BYTES * len(self._labels) + support
+        arrays = sum(a.nbytes for a in (self._means, self._scales, self._counts, self._last_used, self._enrolled_at,
+                                        self._used_at))
+        return arrays + self._label_nbytes + ROW_OBJECT_BYTES * len(self._labels) + support + self._thumbnail_nbytes
 
     def label_bytes(self, label: str) -> int:
         """What `label` takes in the store: the str object itself (a 1 MiB label is a 1 MiB object) and its
@@ -233,9 +292,10 @@ class PrototypeStore:
         Both stream the file: save writes the header label by label and each array from the store's own
         memory; load hashes the file in CHUNK_BYTES pieces and reads one array at a time into its final
         place. What remains: on load the header's bytes and their decoded text (twice the header, whose
-        size the labels' JSON lengths give), and about 80 B per kept shot of shape arithmetic; on save
-        the kept shots' row and shape tables (8 B per class, 24 B per shot); plus PERSIST_FIXED_BYTES
-        (1 MiB) for the zip directory, the chunk buffers and a label's JSON.
+        size the labels' JSON lengths give), about 80 B per kept shot of shape arithmetic and the thumbnails'
+        sizes (8 B per class; each thumbnail is read straight into the bytes object the store keeps); on save
+        the kept shots' row and shape tables (8 B per class, 24 B per shot) and the thumbnails' list and sizes
+        (16 B per class); plus PERSIST_FIXED_BYTES (1 MiB) for the zip directory, the chunk buffers and a label's JSON.
 
         Measured (tests/runtime/test_store_validation.py, AMD EPYC, CPython 3.11, numpy 2.4): tracemalloc
         saw 20-89 KiB on save and 453-500 KiB on load beyond the result for 600 classes of 256-d with kept
@@ -246,23 +306,26 @@ class PrototypeStore:
         100.8 / 63.5 MiB before streaming)."""
         n, shots = len(self._labels), sum(map(len, self._support))
         header = 512 + self._label_json + 2 * n  # the fields besides the labels take about 250 B
-        return PERSIST_FIXED_BYTES + max(2 * header + 80 * shots + n, 8 * n + 24 * shots)
+        return PERSIST_FIXED_BYTES + max(2 * header + 80 * shots + 9 * n, 24 * n + 24 * shots)
 
-    def bytes_per_class(self, shots: int = 5, image_bytes: int | None = None) -> int:
+    def bytes_per_class(self, shots: int = 5, image_bytes: int | None = None, thumbnails: bool = False) -> int:
         """Memory one more class with `shots` shots takes in this store (what the planner multiplies).
         A store that keeps images needs `image_bytes`, the size of one raw image (the store does not
-        know it: `edgemeta.runtime.budget.raw_image_bytes` reads it from the bundle's manifest)."""
+        know it: `edgemeta.runtime.budget.raw_image_bytes` reads it from the bundle's manifest). With
+        `thumbnails`, a class's thumbnail at its largest (THUMBNAIL_CLASS_BYTES) is part of it."""
         if self.keep_support == "images" and image_bytes is None:
             raise ValueError("bytes_per_class of a store that keeps images needs image_bytes, the bytes of one raw "
                              "image (edgemeta.runtime.budget.raw_image_bytes(manifest)). Received: None")
         per_shot = {None: 0, "embeddings": 4 * self.embedding_size + SHOT_OBJECT_BYTES,
                     "images": (image_bytes or 0) + SHOT_OBJECT_BYTES}
-        return self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot[self.keep_support]
+        return (self.row_bytes + LABEL_BYTES + ROW_OBJECT_BYTES + shots * per_shot[self.keep_support]
+                + (THUMBNAIL_CLASS_BYTES if thumbnails else 0))
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one row of the arrays (prototype, scale, count, last use), a class's or a spare one."""
-        return np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8
+        """Bytes of one row of the arrays (prototype, scale, count, last use, wall-clock enrollment and use), a
+        class's or a spare one."""
+        return np.dtype(self.prototype_dtype).itemsize * self.embedding_size + 4 + 8 + 8 + 8 + 8
 
     @property
     def capacity(self) -> int:
@@ -289,6 +352,7 @@ class PrototypeStore:
             i = self._append_row(label)
             self._set(i, embeddings.mean(0))
             self._counts[i] = len(embeddings)
+            self._enrolled_at[i] = float(self.wall_clock())
         self._version += 1
         if self.keep_support == "embeddings":
             self._support[i].extend(np.asarray(e, np.float32) for e in embeddings)
@@ -298,11 +362,11 @@ class PrototypeStore:
         return int(self._counts[i])
 
     def remove(self, label: str) -> None:
-        """Deletes `label`'s row (the last row moves into its place)."""
+        """Deletes `label`'s row and thumbnail (the last row moves into its place)."""
         i, last = self._row(label), len(self._labels) - 1
         if i != last:
             moved = self._labels[last]
-            for array in (self._means, self._scales, self._counts, self._last_used):
+            for array in self._arrays():
                 array[i] = array[last]
             self._labels[i], self._support[i] = moved, self._support[last]
             self._index[moved] = i
@@ -310,14 +374,39 @@ class PrototypeStore:
         del self._index[label]  # the row past the end is spare capacity now
         self._label_nbytes -= self.label_bytes(label)
         self._label_json -= _json_length(label)
+        self._put_thumbnail(label, None)
         self._version += 1
+
+    def rename(self, old: str, new: str) -> None:
+        """Gives class `old` the label `new`, with everything it holds (prototype, shots, times, thumbnail).
+        KeyError when `old` is not enrolled; ValueError when `new` is not a label (`check_label`) or is
+        enrolled already. Undone by `rename(new, old)`."""
+        i = self._row(old)
+        check_label(new)
+        if new in self._index:
+            raise ValueError(f"Cannot rename {old!r} to {new!r}: a class is enrolled under {new!r} already (forget it "
+                             f"first, or pick another label). Received: {new!r}")
+        self._labels[i] = new
+        del self._index[old]
+        self._index[new] = i
+        self._label_nbytes += self.label_bytes(new) - self.label_bytes(old)
+        self._label_json += _json_length(new) - _json_length(old)
+        if old in self._thumbnails:  # the same bytes under the new key: the same cost
+            self._thumbnails[new] = self._thumbnails.pop(old)
+        self._version += 1
+
+    def set_thumbnail(self, label: str, data: bytes | None) -> None:
+        """Sets `label`'s thumbnail to `data` (`check_thumbnail`: JPEG bytes of at most THUMBNAIL_MAX_BYTES;
+        None removes it). KeyError for an unknown label, ValueError for bytes that are not a thumbnail."""
+        self._row(label)
+        self._put_thumbnail(label, None if data is None else check_thumbnail(data))
 
     def shrink_to(self, capacity: int) -> None:
         """Frees the spare rows beyond `capacity` (never a class's): what an undone change gives back."""
         keep = max(capacity, len(self._labels))
         if keep < len(self._means):  # copies, so that the longer arrays are freed, not kept alive as bases
-            self._means, self._scales = self._means[:keep].copy(), self._scales[:keep].copy()
-            self._counts, self._last_used = self._counts[:keep].copy(), self._last_used[:keep].copy()
+            (self._means, self._scales, self._counts, self._last_used, self._enrolled_at,
+             self._used_at) = (array[:keep].copy() for array in self._arrays())
 
     def snapshot(self, label: str) -> _Row | None:
         """`label`'s row as it is now (None when absent), for `restore`."""
@@ -325,7 +414,8 @@ class PrototypeStore:
             return None
         i = self._index[label]
         return _Row(label, self._means[i].copy(), float(self._scales[i]), int(self._counts[i]),
-                    int(self._last_used[i]), list(self._support[i]))
+                    int(self._last_used[i]), list(self._support[i]), float(self._enrolled_at[i]),
+                    float(self._used_at[i]), self._thumbnails.get(label))
 
     def restore(self, label: str, row: _Row | None) -> None:
         """Puts `label` back as `snapshot` saw it (removing it if it did not exist)."""
@@ -335,7 +425,9 @@ class PrototypeStore:
             return
         i = self._append_row(label)
         self._means[i], self._scales[i], self._counts[i], self._last_used[i] = row.mean, row.scale, row.count, row.last_used
+        self._enrolled_at[i], self._used_at[i] = row.enrolled_at, row.used_at
         self._support[i] = row.support
+        self._put_thumbnail(label, row.thumbnail)
         self._version += 1
 
     # -- persistence ---------------------------------------------------------------------------
@@ -388,9 +480,9 @@ class PrototypeStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_sha256: str | None = None) -> PrototypeStore:
-        """Reads a store saved by `save` (or a version-1 file). Raises `StoreError` for a corrupt or
-        inconsistent file (naming the field and what it holds), an unknown version, or (with
-        `model_sha256`) a store taught with another model. Takes no lock and deletes nothing: a reader
+        """Reads a store saved by `save` (or a version-1 or 2 file: no thumbnails, unknown times). Raises
+        `StoreError` for a corrupt or inconsistent file (naming the field and what it holds), an unknown
+        version, or (with `model_sha256`) a store taught with another model. Takes no lock and deletes nothing: a reader
         beside a live writer is safe (saves are atomic renames)."""
         path = Path(path)
         source = str(path)
@@ -411,6 +503,7 @@ class PrototypeStore:
 
     @classmethod
     def _from_v2(cls, f: BinaryIO, first: bytes, size: int, source: str) -> PrototypeStore:
+        """A version-2 or 3 store: the magic, the JSON header, the `.npz` payload and the checksum."""
         if first[:8] != MAGIC or len(first) < 12:
             read_header(first, source)  # raises: not a store
         (header_length,) = struct.unpack("<I", first[8:12])
@@ -418,9 +511,9 @@ class PrototypeStore:
             raise StoreError(f"{source} is truncated: its header needs {12 + header_length} bytes. Received: {size}")
         header, payload_start = _parse_header(f.read(header_length), source), 12 + header_length
         version = header.get("format_version")
-        if version != FORMAT_VERSION:
+        if not _is_int(version) or version not in READ_VERSIONS:
             raise StoreError(f"{source} has store format version {version!r}; this edgemeta "
-                             f"reads versions 1 and {FORMAT_VERSION}. Upgrade edgemeta.")
+                             f"reads versions 1 to {FORMAT_VERSION}. Upgrade edgemeta.")
         _verify_checksum(f, size, source)
         embedding_size, model_sha, dtype, keep, labels, clock = _check_header(header, source)
         payload_length = size - 32 - payload_start
@@ -429,21 +522,31 @@ class PrototypeStore:
                              f"{payload_length}. Received: {_show(header['payload_bytes'])}")
         n = len(labels)
         names = ["means", "scales", "counts", "last_used"]
+        if version >= 3:
+            names += ["enrolled_at", "used_at", "thumbnail_sizes", "thumbnail_data"]
         if keep is not None:
             names += ["support_rows", "support_shapes", "support_data"]
         support: list[list[Any]] = [[] for _ in labels]
+        enrolled_at, used_at, thumbnails = np.full(n, np.nan), np.full(n, np.nan), {}  # version 2: not known
         with _open_npz(_Window(f, payload_start, payload_length), names, source, stored_only=True) as (zf, infos):
             means = _read_array(zf, infos, "means", np.dtype(dtype), (n, embedding_size), source)
             scales = _read_array(zf, infos, "scales", np.dtype(np.float32), (n,), source)
             counts = _read_array(zf, infos, "counts", np.dtype(np.int64), (n,), source)
             last_used = _read_array(zf, infos, "last_used", np.dtype(np.int64), (n,), source)
             _check_values(means, scales, counts, last_used, labels, dtype, source)
+            if version >= 3:
+                enrolled_at = _read_times(zf, infos, "enrolled_at", labels, source)
+                used_at = _read_times(zf, infos, "used_at", labels, source)
+                thumbnails = _read_thumbnails(zf, infos, labels, source)
             if keep is not None:
                 support = _read_support(zf, infos, keep, n, embedding_size, size, source)
         store = cls(embedding_size, model_sha, dtype, keep)
         store._means, store._scales, store._counts, store._last_used = means, scales, counts, last_used
+        store._enrolled_at, store._used_at = enrolled_at, used_at
         store._support, store._clock = support, clock
         store._set_labels(labels)
+        for label, data in thumbnails.items():
+            store._put_thumbnail(label, data)
         return store
 
     @classmethod
@@ -487,6 +590,7 @@ class PrototypeStore:
         store._means = (sums / np.asarray(counts, np.float64)[:, None]).astype(np.float32)
         store._scales, store._counts = np.zeros(n, np.float32), np.asarray(counts, np.int64)
         store._last_used = np.arange(1, n + 1, dtype=np.int64)  # the order version 1's loader touched them in
+        store._enrolled_at, store._used_at = np.full(n, np.nan), np.full(n, np.nan)  # not known
         store._support, store._clock = [[] for _ in labels], n
         store._set_labels(labels)
         return store
@@ -508,10 +612,17 @@ class PrototypeStore:
     def _members(self) -> list[tuple[str, np.dtype, tuple[int, ...], Callable[[], Iterable[memoryview]]]]:
         """The payload's arrays as (name, dtype, shape, their bytes in order), read from the store's memory."""
         n, d = len(self._labels), self.embedding_size
+        thumbnails = [self._thumbnails.get(label, b"") for label in self._labels]
+        sizes = np.fromiter(map(len, thumbnails), np.int64, count=n)
         members = [("means", self._means.dtype, (n, d), _whole(self._means[:n])),
                    ("scales", self._scales.dtype, (n,), _whole(self._scales[:n])),
                    ("counts", self._counts.dtype, (n,), _whole(self._counts[:n])),
-                   ("last_used", self._last_used.dtype, (n,), _whole(self._last_used[:n]))]
+                   ("last_used", self._last_used.dtype, (n,), _whole(self._last_used[:n])),
+                   ("enrolled_at", self._enrolled_at.dtype, (n,), _whole(self._enrolled_at[:n])),
+                   ("used_at", self._used_at.dtype, (n,), _whole(self._used_at[:n])),
+                   ("thumbnail_sizes", sizes.dtype, (n,), _whole(sizes)),
+                   ("thumbnail_data", np.dtype(np.uint8), (int(sizes.sum()),),
+                    lambda: (memoryview(data) for data in thumbnails if data))]
         if self.keep_support is not None:
             rows = np.fromiter(map(len, self._support), np.int64, count=n)
             shapes = np.zeros((int(rows.sum()), 3), np.int64)  # each shot's shape, zero-padded to 3 axes
@@ -533,25 +644,38 @@ class PrototypeStore:
         self._label_nbytes = sum(map(self.label_bytes, labels))
         self._label_json = sum(map(_json_length, labels))
 
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """The per-row arrays, all of `capacity` rows."""
+        return self._means, self._scales, self._counts, self._last_used, self._enrolled_at, self._used_at
+
+    def _put_thumbnail(self, label: str, data: bytes | None) -> None:
+        old = self._thumbnails.pop(label, None)
+        if old is not None:
+            self._thumbnail_nbytes -= _thumbnail_bytes(old)
+        if data is not None:
+            self._thumbnails[label] = data
+            self._thumbnail_nbytes += _thumbnail_bytes(data)
+
     def _append_row(self, label: str) -> int:
         i = len(self._labels)
         if i == len(self._means):  # grow by a quarter: amortised O(1) appends, little spare memory
             grow = max(16, i // 4)
-            self._means = np.concatenate([self._means, np.zeros((grow, self.embedding_size), self._means.dtype)])
-            self._scales = np.concatenate([self._scales, np.zeros(grow, self._scales.dtype)])
-            self._counts = np.concatenate([self._counts, np.zeros(grow, self._counts.dtype)])
-            self._last_used = np.concatenate([self._last_used, np.zeros(grow, self._last_used.dtype)])
+            (self._means, self._scales, self._counts, self._last_used, self._enrolled_at,
+             self._used_at) = (np.concatenate([a, np.zeros((grow, *a.shape[1:]), a.dtype)]) for a in self._arrays())
         self._labels.append(label)
         self._index[label] = i
         self._support.append([])
         self._counts[i] = self._last_used[i] = 0
+        self._enrolled_at[i] = self._used_at[i] = np.nan
         self._label_nbytes += self.label_bytes(label)
         self._label_json += _json_length(label)
         return i
 
     def _row(self, label: str) -> int:
         if label not in self._index:
-            raise KeyError(f"Unknown label {label!r}. Enrolled labels: {sorted(self._labels)}")
+            known = sorted(self._labels)
+            shown = known if len(known) <= 20 else [*known[:20], f"... {len(known) - 20} more"]
+            raise KeyError(f"Unknown label {label!r}. Received: {label!r}; enrolled labels: {shown}")
         return self._index[label]
 
     def _mean(self, i: int) -> np.ndarray:
@@ -576,6 +700,19 @@ def check_label(label: Any) -> str:
         raise ValueError(f"A label is at most {MAX_LABEL_CHARS} characters (a name, not data). "
                          f"Received: {len(label)} characters starting {label[:40]!r}")
     return label
+
+
+def check_thumbnail(data: Any) -> bytes:
+    """`data` if it can be a class's thumbnail: JPEG bytes (they start with the SOI marker and end with EOI) of at
+    most THUMBNAIL_MAX_BYTES, else ValueError. (Made by `edgemeta.format.images.thumbnail_jpeg`.)"""
+    if not isinstance(data, bytes):
+        raise ValueError(f"A thumbnail is JPEG bytes. Received: {_show(data)}")
+    if not 0 < len(data) <= THUMBNAIL_MAX_BYTES:
+        raise ValueError(f"A thumbnail is 1 to {THUMBNAIL_MAX_BYTES} bytes. Received: {len(data)} bytes")
+    if not _is_jpeg(data):
+        raise ValueError(f"A thumbnail is a JPEG file (from FF D8 FF to FF D9). Received: bytes starting "
+                         f"{data[:8]!r} and ending {data[-2:]!r}")
+    return data
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -748,23 +885,7 @@ def _read_array(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], name: st
     the member's: no allocation before that, nothing unpickled (only plain dtypes pass), read in chunks."""
     info = infos[name]
     with zf.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:
-            raise StoreError(f"{source} is corrupt: array {name!r} is npy version {version}. Received: expected 1.0 or 2.0")
-        got_shape, fortran, got_dtype = read(member)
-        want_dtype = got_dtype if dtype is None and got_dtype.kind == "U" else dtype
-        shape_ok = len(got_shape) == len(shape) and all(
-            (1 <= g <= MAX_EMBEDDING_SIZE) if w is None else g == w for g, w in zip(got_shape, shape))
-        if got_dtype != want_dtype or not shape_ok:
-            expected = "a str" if dtype is None else str(dtype)
-            wanted = ", ".join("D" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
-            raise StoreError(f"{source} is corrupt: array {name!r} must be {expected} of shape ({wanted}) (from the "
-                             f"header's labels). Received: {got_dtype} of shape {got_shape}")
-        needed = int(np.prod(got_shape, dtype=np.float64)) * got_dtype.itemsize
-        if needed > info.file_size:
-            raise StoreError(f"{source} is corrupt: array {name!r} needs {needed} bytes. "
-                             f"Received: a {info.file_size}-byte member")
+        got_shape, fortran, got_dtype = _member_header(member, info, name, dtype, shape, source)
         array = np.empty(got_shape, got_dtype, order="F" if fortran else "C")
         view = memoryview((array.T if fortran else array).reshape(-1).view(np.uint8))
         position = 0
@@ -777,6 +898,69 @@ def _read_array(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], name: st
         if member.read(1):  # also lets zipfile check the member's CRC
             raise StoreError(f"{source} is corrupt: array {name!r} has bytes beyond its shape {got_shape}.")
     return np.ascontiguousarray(array) if fortran else array  # (ascontiguousarray makes a 0-d array 1-d)
+
+
+def _member_header(member: BinaryIO, info: zipfile.ZipInfo, name: str, dtype: np.dtype | None,
+                   shape: tuple[int | None, ...], source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of member `name`'s npy header, checked against `dtype` and `shape` (as
+    `_read_array` takes them) and its data's size against the member's, before anything is allocated."""
+    version = np.lib.format.read_magic(member)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise StoreError(f"{source} is corrupt: array {name!r} is npy version {version}. Received: expected 1.0 or 2.0")
+    got_shape, fortran, got_dtype = read(member)
+    want_dtype = got_dtype if dtype is None and got_dtype.kind == "U" else dtype
+    shape_ok = len(got_shape) == len(shape) and all(
+        (1 <= g <= MAX_EMBEDDING_SIZE) if w is None else g == w for g, w in zip(got_shape, shape))
+    if got_dtype != want_dtype or not shape_ok:
+        expected = "a str" if dtype is None else str(dtype)
+        wanted = ", ".join("D" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        raise StoreError(f"{source} is corrupt: array {name!r} must be {expected} of shape ({wanted}) (from the "
+                         f"header's labels). Received: {got_dtype} of shape {got_shape}")
+    needed = int(np.prod(got_shape, dtype=np.float64)) * got_dtype.itemsize
+    if needed > info.file_size:
+        raise StoreError(f"{source} is corrupt: array {name!r} needs {needed} bytes. "
+                         f"Received: a {info.file_size}-byte member")
+    return got_shape, fortran, got_dtype
+
+
+def _read_times(zf: zipfile.ZipFile, infos: dict, name: str, labels: list[str], source: str) -> np.ndarray:
+    """A wall-clock column (`enrolled_at`, `used_at`): float64 per class, NaN (unknown) or Unix seconds."""
+    times = _read_array(zf, infos, name, np.dtype(np.float64), (len(labels),), source)
+    ok = np.isnan(times) | ((times >= 0) & (times <= MAX_TIMESTAMP))
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise StoreError(f"{source} is corrupt: {name!r} must be Unix seconds from 0 to {MAX_TIMESTAMP:.0e} or NaN "
+                         f"(unknown). Received: {times[i]} for label {labels[i]!r}")
+    return times
+
+
+def _read_thumbnails(zf: zipfile.ZipFile, infos: dict, labels: list[str], source: str) -> dict[str, bytes]:
+    """The thumbnails by label: their sizes first (each at most THUMBNAIL_MAX_BYTES, 0 for none, adding up to
+    the data member's shape), then each one's bytes read straight from the member and checked to be a JPEG."""
+    sizes = _read_array(zf, infos, "thumbnail_sizes", np.dtype(np.int64), (len(labels),), source)
+    ok = (sizes >= 0) & (sizes <= THUMBNAIL_MAX_BYTES)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise StoreError(f"{source} is corrupt: 'thumbnail_sizes' must be from 0 to {THUMBNAIL_MAX_BYTES} bytes. "
+                         f"Received: {sizes[i]} for label {labels[i]!r}")
+    total, info, thumbnails = int(sizes.sum()), infos["thumbnail_data"], {}
+    with zf.open(info) as member:
+        got_shape, _, _ = _member_header(member, info, "thumbnail_data", np.dtype(np.uint8), (total,), source)
+        for label, size in zip(labels, sizes.tolist()):
+            if not size:
+                continue
+            data = member.read(size)
+            if len(data) != size:
+                raise StoreError(f"{source} is corrupt: array 'thumbnail_data' is truncated. Received: {len(data)} of "
+                                 f"{size} bytes for label {label!r}")
+            if not _is_jpeg(data):
+                raise StoreError(f"{source} is corrupt: the thumbnail of label {label!r} is not a JPEG. Received: "
+                                 f"{size} bytes starting {data[:8]!r}")
+            thumbnails[label] = data
+        if member.read(1):  # also lets zipfile check the member's CRC
+            raise StoreError(f"{source} is corrupt: array 'thumbnail_data' has bytes beyond its shape {got_shape}.")
+    return thumbnails
 
 
 def _read_support(zf: zipfile.ZipFile, infos: dict, keep: str, n: int, embedding_size: int, size: int,
@@ -809,7 +993,7 @@ def _read_support(zf: zipfile.ZipFile, infos: dict, keep: str, n: int, embedding
 
 
 def _check_header(header: dict[str, Any], source: str) -> tuple[int, str, str, str | None, list[str], int]:
-    """(embedding_size, model_sha256, prototype_dtype, keep_support, labels, clock) of a version-2 header,
+    """(embedding_size, model_sha256, prototype_dtype, keep_support, labels, clock) of a version-2 or 3 header,
     each checked; StoreError naming the first field that is missing or wrong."""
     missing = [key for key in HEADER_KEYS if key not in header]
     if missing:
@@ -919,3 +1103,16 @@ def _json_length(label: str) -> int:
 
 def _shot_bytes(shot: Any) -> int:
     return np.asarray(shot).nbytes + SHOT_OBJECT_BYTES
+
+
+def _thumbnail_bytes(data: bytes) -> int:
+    return sys.getsizeof(data) + THUMBNAIL_ENTRY_BYTES
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+
+
+def _seconds(value: float) -> float | None:
+    """A saved wall-clock time as ClassInfo shows it: None for NaN (unknown)."""
+    return None if np.isnan(value) else float(value)

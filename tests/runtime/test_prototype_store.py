@@ -86,7 +86,7 @@ def test_sigkill_at_random_moments_of_save_leaves_the_old_or_the_new_store(tmp_p
     (lambda b: b[: len(b) - 50] + bytes([b[-50] ^ 0x10]) + b[len(b) - 49 :], "do not match its checksum"),
     (lambda b: b"XXXXXXXX" + b[8:], "is not an edgemeta prototype store"),
     (lambda b: b[:5], "is not an edgemeta prototype store"),
-    (lambda b: b.replace(b'"format_version": 2', b'"format_version": 9'), "store format version 9"),
+    (lambda b: b.replace(b'"format_version": 3', b'"format_version": 9'), "store format version 9"),
 ])
 def test_damaged_or_future_store_files_are_refused(tmp_path, damage, fragment):
     path = tmp_path / "s.store"
