@@ -3,18 +3,41 @@ loads an optional hardware delegate (the Coral Edge TPU), falling back to the CP
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import importlib
 import os
 import platform
+import threading
 import warnings
 from typing import Any
+
+from edgemeta._native_stderr import filtered_native_stderr, native_logs_wanted
 
 # Lightest first: LiteRT (ai-edge-litert), then the older tflite_runtime, then full TensorFlow.
 CANDIDATES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 DELEGATES = ("edgetpu",)
 # The Edge TPU runtime library (Coral's libedgetpu1-std / -max package), per platform.
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+# Printed to stderr once per process, by C++ (tflite/minimal_logging: fprintf at INFO, the default severity of
+# release builds), the first time an interpreter applies its default CPU delegate. No environment variable or
+# Python call lowers that severity, so the first allocation is made here, on a tiny model, behind a filter.
+XNNPACK_NOTICE = r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+# `x + x` on a float32 [1, 1] tensor: a tf.function converted by tf.lite.TFLiteConverter (TensorFlow 2.21).
+_SPEND_NOTICE_MODEL = base64.b64decode(
+    "HAAAAFRGTDMUACAAHAAYABQAEAAMAAAACAAEABQAAAAcAAAAHAAAAHQAAAAkAQAANAEAAEwCAAADAAAAAAAAAAIAAAA0AAAABAAAANz/"
+    "//8EAAAABAAAABMAAABDT05WRVJTSU9OX01FVEFEQVRBAAgADAAIAAQACAAAAAMAAAAEAAAAEwAAAG1pbl9ydW50aW1lX3ZlcnNpb24A"
+    "BQAAAKwAAACkAAAAnAAAAHwAAAAEAAAAkv///wQAAABgAAAAEAAAAAAAAAAIAA4ACAAEAAgAAAAQAAAAJAAAAAAABgAIAAQABgAAAAQA"
+    "AAAAAAAADAAYABQAEAAMAAQADAAAAHYVEJsc90kcAwAAAAIAAAAEAAAABgAAADIuMjEuMAAAAAAGAAgABAAGAAAABAAAABAAAAAxLjUu"
+    "MAAAAAAAAAAAAAAAvP7//8D+///E/v//DwAAAE1MSVIgQ29udmVydGVkLgABAAAAFAAAAAAADgAYABQAEAAMAAgABAAOAAAAFAAAABwA"
+    "AABcAAAAYAAAAGQAAAAEAAAAbWFpbgAAAAABAAAAFAAAAAAADgAUAAAAEAAMAAsABAAOAAAAEAAAAAAAAAsMAAAAEAAAAET///8BAAAA"
+    "AQAAAAIAAAAAAAAAAAAAAAEAAAABAAAAAQAAAAAAAAACAAAAWAAAAAQAAADG////AAAAARAAAAAQAAAAAgAAABgAAACQ////CAAAAElk"
+    "ZW50aXR5AAAAAAIAAAABAAAAAQAAAAAAFgAYABQAAAAQAAwACAAAAAAAAAAHABYAAAAAAAABEAAAABAAAAABAAAAEAAAAOD///8BAAAA"
+    "eAAAAAIAAAABAAAAAQAAAAEAAAAIAAAABAAEAAQAAAA="
+)
+_notice_spent = False
+_notice_lock = threading.Lock()
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -79,11 +102,31 @@ def _interpreter_module() -> tuple[Any, str]:
         except ImportError as e:  # also raised for a module that was blocked (sys.modules[name] = None)
             errors.append(f"{name}: {e}")
             continue
+        _spend_xnnpack_notice(module)
         return module, name
     raise ImportError(
         "No TFLite interpreter found. Install one: `pip install edgemeta[device]` (ai-edge-litert). "
         f"Tried: {'; '.join(errors)}"
     )
+
+
+def _spend_xnnpack_notice(module: Any) -> None:
+    """Makes this process's first default-delegate allocation, with its INFO line hidden (other lines pass).
+    Left alone when the user asked for native logs (TF_CPP_MIN_LOG_LEVEL=0)."""
+    global _notice_spent
+    if _notice_spent:  # the common case, without the lock
+        return
+    with _notice_lock:
+        if _notice_spent:
+            return
+        _notice_spent = True  # one attempt per process, whatever comes of it
+        if native_logs_wanted():
+            return
+        try:
+            with filtered_native_stderr([XNNPACK_NOTICE]):
+                module.Interpreter(model_content=_SPEND_NOTICE_MODEL, num_threads=1).allocate_tensors()
+        except (ValueError, RuntimeError):  # a runtime that cannot run it: the line may show later, nothing else
+            pass
 
 
 def _load_delegate(module: Any, module_name: str, name: str) -> tuple[Any | None, str]:

@@ -4,14 +4,52 @@ TensorFlow Model Optimization works only with tf_keras, so every model is built 
 exported here. Moving to Keras 3 later is a change to this file alone.
 """
 
+import ctypes
 import functools
 import os
+import sys
+
+from edgemeta._native_stderr import filtered_native_stderr, native_logs_wanted
 
 # Must be set before TensorFlow is first imported, or `tf.keras` resolves to Keras 3.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Hides TensorFlow's INFO and WARNING lines, unless the user chose a level of their own.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+# TensorFlow 2.21 prints these while its libraries load, before its logging reads TF_CPP_MIN_LOG_LEVEL
+# (abseil logs everything until absl::InitializeLog), so only a filter on the stream can hide them.
+IMPORT_NOISE = (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+    r"^I\d{4} .*\] oneDNN custom operations are on\.",
+    r"^I\d{4} .*\] Could not find cuda drivers on your machine, GPU will not be used\.$",
+)
+# The one E-line: alarming on a CPU-only machine, where it only repeats that there is no CUDA driver.
+NO_DRIVER_NOISE = r"^E\d{4} .*\] failed call to cuInit: "
+
+
+def _cuda_driver_present() -> bool:
+    """True when NVIDIA's driver library loads: cuInit failing then is news, and is shown."""
+    if not sys.platform.startswith("linux"):  # TensorFlow's CUDA builds are Linux-only (native Windows: up to 2.10)
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")  # what TensorFlow itself loads to reach the GPU
+    except OSError:
+        return False
+    return True
+
+
+if "tensorflow" in sys.modules or native_logs_wanted():
+    import tensorflow as tf
+elif _cuda_driver_present():
+    # A child process filters, not a thread: the libraries load with the GIL held (see filtered_native_stderr).
+    with filtered_native_stderr(IMPORT_NOISE, filter_process=True):
+        import tensorflow as tf
+else:
+    with filtered_native_stderr((*IMPORT_NOISE, NO_DRIVER_NOISE), filter_process=True):
+        import tensorflow as tf
+
+        # cuInit is called (once, under a millisecond) at the first device query: made here, inside the filter.
+        tf.config.list_physical_devices()
 import tf_keras as keras  # noqa: E402
 
 if os.environ["TF_USE_LEGACY_KERAS"] != "1":  # pragma: no cover - guards a user override
