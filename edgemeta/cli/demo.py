@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +24,38 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
 
 def run(args: argparse.Namespace) -> int:
     print(run_demo(args.dataset, args.data_dir, args.out, args.steps, args.episodes))
+    print(next_steps(args.out))
     return 0
+
+
+def next_steps(out_dir: str | Path, edgemeta: str | None = None) -> str:
+    """What to run after the demo: teach from the board's page, the photos preset, a Raspberry Pi.
+    `edgemeta` is the command as the user can type it (default: `edgemeta_command()`)."""
+    edgemeta = edgemeta or edgemeta_command()
+    bundle = Path(out_dir) / "bundle-int8"
+    return "\n".join([
+        "",
+        "Next:",
+        f"  Teach from a web page:  {edgemeta} device serve --preset photos --state {Path(out_dir) / 'photos.store'}",
+        "    then open http://127.0.0.1:8765/ and teach it objects from photos (from a phone on your network:",
+        "    add --host 0.0.0.0 --token-file FILE; docs/service.md). This demo's own bundle: --bundle " + str(bundle),
+        "  The photos preset from Python:  make demo-photos  (examples/photos.py; docs/photos.md)",
+        f"  On a Raspberry Pi:  docs/workstation-to-pi.md  ({edgemeta} deploy {bundle} --to ssh://pi@HOST/var/lib/edgemeta,",
+        "    then edgemeta device serve on the Pi)",
+    ])
+
+
+def edgemeta_command() -> str:
+    """`edgemeta` when the shell finds this venv's command on PATH, else the command's path (`.venv/bin/edgemeta`
+    after `make demo`, whose venv is not activated)."""
+    here = Path(sys.executable).with_name("edgemeta")
+    found = shutil.which("edgemeta")
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return "edgemeta"
+    try:
+        return os.path.relpath(here)
+    except ValueError:  # another drive (Windows)
+        return str(here)
 
 
 def run_demo(dataset: str = "digits", data_dir: str | None = None, out_dir: str | Path = "runs/demo",

@@ -52,6 +52,7 @@ def test_demo_prints_the_comparison_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("Keras float32", "TFLite float32", "TFLite int8 (runtime)", "5-way 1-shot", "ms/image"):
         assert row in result.stdout
+    assert "\nNext:\n" in result.stdout and "device serve --preset photos" in result.stdout  # what to run after it
     assert (tmp_path / "demo" / "bundle-int8" / "model.tflite").is_file()
 
 
