@@ -1,5 +1,5 @@
 """What each endpoint of the service does, apart from HTTP: validated JSON in, a JSON-ready dict out,
-`HTTPError` otherwise; and the limits one request is held to."""
+`HTTPError` otherwise; the limits one request is held to; and the page's sign-in sessions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ DEFAULT_MAX_CONNECTIONS = 16
 MAX_LABEL_LENGTH = 256
 WORK_WAIT_SECONDS = 60.0  # a request waits this long for the model, or 503
 IMAGE_FORMATS = ("PNG", "JPEG")  # what a request's images may be (Pillow's format names)
+# The page's sign-in (docs/service.md, "The page"): a session id in an HttpOnly cookie stands for the token.
+SESSION_COOKIE = "edgemeta_session"
+SESSION_SECONDS = 12 * 3600  # a session lasts this long from sign-in (the cookie's Max-Age); none survives a restart
+MAX_SESSIONS = 64  # sessions held at once; the oldest is dropped for a new one
+LOGIN_FAILURE_SECONDS = 1.0  # a wrong token at POST /session is answered after this, one at a time: ~1 guess a second
+MAX_LOGIN_BYTES = 1024  # a sign-in body: {"token": ...}; read before any token is checked, so small
 
 
 class HTTPError(Exception):
@@ -76,22 +83,73 @@ def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} edgemeta-serve: {message}", file=sys.stderr, flush=True)
 
 
+class Sessions:
+    """The page's sign-in sessions, in memory: at most `limit` at once (the oldest dropped for a new one), each
+    valid `seconds` from its creation. A session id is 32 random bytes, URL-safe base64, and only ever travels in
+    the HttpOnly cookie; a restart forgets every session (the page then asks for the token again)."""
+
+    def __init__(self, seconds: float = SESSION_SECONDS, limit: int = MAX_SESSIONS) -> None:
+        self.seconds, self.limit = seconds, limit
+        self._expiry: OrderedDict[str, float] = OrderedDict()  # id -> monotonic expiry, oldest first
+        self._lock = threading.Lock()
+
+    def open(self) -> str:
+        """A new session's id."""
+        # os.urandom, not `secrets`: secrets imports hmac, which loads OpenSSL (see _same_secret above).
+        session = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+        now = time.monotonic()
+        with self._lock:
+            self._drop_expired(now)
+            while len(self._expiry) >= self.limit:
+                self._expiry.popitem(last=False)
+            self._expiry[session] = now + self.seconds
+        return session
+
+    def valid(self, session: str) -> bool:
+        """Whether `session` was opened here, is not closed and has not expired."""
+        with self._lock:
+            expiry = self._expiry.get(session)
+            if expiry is not None and expiry <= time.monotonic():
+                del self._expiry[session]
+                expiry = None
+            return expiry is not None
+
+    def close(self, session: str) -> None:
+        with self._lock:
+            self._expiry.pop(session, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._drop_expired(time.monotonic())
+            return len(self._expiry)
+
+    def _drop_expired(self, now: float) -> None:
+        for session in [s for s, expiry in self._expiry.items() if expiry <= now]:
+            del self._expiry[session]
+
+
 class Service:
     """The endpoints, apart from HTTP: validated JSON in, a JSON-ready dict out, `HTTPError` otherwise.
     Bad input is refused before the adapter sees it, and the adapter's own changes are atomic, so a
     refused request changes nothing."""
 
     def __init__(self, adapter: Any, token: str | None = None, limits: Limits = Limits(),
-                 state_path: str | os.PathLike | None = None, memory_budget: int | None = None) -> None:
+                 state_path: str | os.PathLike | None = None, memory_budget: int | None = None,
+                 bundle_name: str | None = None) -> None:
         self.adapter = adapter
         self.memory_budget = memory_budget
         self.token = token.encode() if token else None
         self.limits = limits
         self.state_path = Path(state_path) if state_path is not None else None
+        self.bundle_name = bundle_name
         self.started = time.monotonic()
+        self.sessions = Sessions()
+        # The board's camera endpoints (edgemeta.serve.camera.CameraEndpoints), when a camera is configured.
+        self.camera: Any = None
         # Decoding and the model run one request at a time: the interpreter is serialised anyway, and it
         # bounds transient memory (body, decoded pixels, float copies) to one request's.
         self._work = threading.Lock()
+        self._login = threading.Lock()  # wrong tokens at POST /session are answered one at a time
 
     # -- access ------------------------------------------------------------------------------------
     def auth_problem(self, headers: list[str] | None) -> str | None:
@@ -108,6 +166,36 @@ class Service:
         if not _same_secret(credentials.strip().encode("utf-8", "replace"), self.token):
             return "a wrong token"
         return None
+
+    def authorize(self, authorization: list[str] | None, session: str | None) -> tuple[str | None, bool]:
+        """(None when the request may proceed, else what was wrong; whether its session cookie let it in).
+        An Authorization header decides alone; without one, the page's session cookie stands for the token."""
+        if self.token is None:
+            return None, False
+        if authorization or session is None:
+            problem = self.auth_problem(authorization)
+            return ("no Authorization header or session cookie" if problem == "no Authorization header" else problem), False
+        if self.sessions.valid(session):
+            return None, True
+        return "a session cookie that is unknown or expired (sign in again: the service may have restarted)", False
+
+    def login(self, body: Any) -> str:
+        """POST /session: the token, checked as the Bearer token is; a new session's id. A wrong token is answered
+        after LOGIN_FAILURE_SECONDS, one at a time, so guessing through the page takes ~1 s a guess."""
+        if self.token is None:
+            raise HTTPError(409, "This service has no token (it listens on loopback only): the page needs no "
+                                 "sign-in. Received: POST /session")
+        # The body is checked without echoing it: it is meant to hold the token.
+        if not isinstance(body, dict) or set(body) != {"token"} or not isinstance(body["token"], str):
+            shown = sorted(body)[:5] if isinstance(body, dict) else type(body).__name__
+            raise HTTPError(400, f'The body must be {{"token": "<the service\'s token>"}}. Received: {shown}')
+        token = body["token"].strip().encode("utf-8", "replace")  # at most MAX_LOGIN_BYTES: the body's limit
+        with self._login:
+            if not _same_secret(token, self.token):
+                time.sleep(LOGIN_FAILURE_SECONDS)
+                raise HTTPError(401, "Wrong token: it is the one the service was started with (--token-file, "
+                                     "EDGEMETA_TOKEN or --token). Received: a wrong token")
+        return self.sessions.open()
 
     def check_host(self, host: str | None) -> None:
         """Without a token the service only listens on loopback; a Host header naming another machine
@@ -138,18 +226,31 @@ class Service:
     def health(self, full: bool) -> dict:
         if not full:  # no token sent: a liveness answer only
             return {"status": "ok"}
+        manifest = self.adapter.embedder.manifest
+        dataset = (manifest.provenance or {}).get("dataset")  # {"name": ...} or a name, as the exporter wrote it
+        memory = {"budget_bytes": self.memory_budget,
+                  "request_reserve_bytes": request_reserve(self.limits, manifest.preprocessing.channels),
+                  "adapter_budget_bytes": self.adapter.memory_budget}
+        if hasattr(self.adapter, "memory_report"):
+            # What the adapter's budget counts now and how many more classes fit (the page's status).
+            memory["adapter"] = self.adapter.memory_report()
         return {"status": "ok", "classes": len(self.adapter.labels),
-                "model_sha256": self.adapter.embedder.manifest.model_sha256,
+                "model_sha256": manifest.model_sha256,
+                "bundle": {"name": self.bundle_name, "model_sha256": manifest.model_sha256,
+                           "dataset": dataset.get("name") if isinstance(dataset, dict) else dataset},
                 "uptime_seconds": round(time.monotonic() - self.started, 1),
                 "state": str(self.state_path) if self.state_path else None,
                 "token_required": self.token is not None,
+                "camera": self.camera.source.name if self.camera is not None else None,
                 "limits": {"max_request_bytes": self.limits.max_request_bytes, "max_images": self.limits.max_images,
                            "max_pixels": self.limits.max_pixels},
-                "memory": {"budget_bytes": self.memory_budget, "request_reserve_bytes": request_reserve(
-                    self.limits, self.adapter.embedder.manifest.preprocessing.channels),
-                           "adapter_budget_bytes": self.adapter.memory_budget}}
+                "memory": memory}
 
     def labels(self) -> dict:
+        if hasattr(self.adapter, "classes"):
+            rows = [{"label": c.label, "shots": c.shots, "last_used": c.last_used, "enrolled": c.enrolled,
+                     "has_thumbnail": c.has_thumbnail} for c in self.adapter.classes()]
+            return {"labels": rows, "count": len(rows)}
         rows = []
         for label in self.adapter.labels:
             try:
@@ -157,6 +258,36 @@ class Service:
             except KeyError:  # forgotten by another request meanwhile
                 pass
         return {"labels": rows, "count": len(rows)}
+
+    def thumbnail(self, label: str) -> bytes:
+        """GET /labels/<label>/thumbnail.jpg: the class's JPEG thumbnail; 404 for an unknown label or none kept."""
+        label = _label(label)
+        try:
+            data = self.adapter.thumbnail(label) if hasattr(self.adapter, "thumbnail") else None
+        except KeyError:
+            raise self._unknown_label(label) from None
+        if data is None:
+            raise HTTPError(404, "This class has no thumbnail (taught before thumbnails were kept, or by a service "
+                                 f"that keeps none). Received: {label!r}")
+        return data
+
+    def rename(self, body: Any) -> dict:
+        """POST /rename {"label": old, "to": new}: the class keeps its shots, times and thumbnail."""
+        fields = fields_of(body, required=("label", "to"))
+        old, new = _label(fields["label"]), _label(fields["to"])
+        if new != old and new in self.adapter.labels:
+            raise HTTPError(409, f"A class is already enrolled under the new label: forget it first, or choose "
+                                 f"another. Received: rename {old!r} to {new!r}")
+        try:
+            self.adapter.rename(old, new)
+        except KeyError:
+            raise self._unknown_label(old) from None
+        except ValueError as e:
+            raise HTTPError(409 if new in self.adapter.labels else 400, str(e)) from e
+        except OSError as e:
+            raise HTTPError(507, f"Could not save the store to {self.state_path} ({e}); nothing was changed. "
+                                 f"Received: rename {old!r} to {new!r}") from e
+        return {"renamed": old, "to": new, "classes": len(self.adapter.labels)}
 
     def enroll(self, body: Any) -> dict:
         from edgemeta.runtime import MemoryBudgetError
@@ -187,22 +318,23 @@ class Service:
             raise HTTPError(409, f"{e} Received: a classify request") from e
         except (ValueError, TypeError) as e:
             raise HTTPError(400, str(e)) from e
-        return {"predictions": [{"label": p.label, "nearest": p.nearest, "distance": p.distance, "score": p.score}
-                                for p in predictions]}
+        return {"predictions": [prediction_json(p) for p in predictions]}
 
     def forget(self, label: Any) -> dict:
         label = _label(label)
         try:
             self.adapter.forget(label)
         except KeyError:
-            known = self.adapter.labels
-            shown = known if len(known) <= 20 else [*known[:20], f"... {len(known) - 20} more"]
-            raise HTTPError(404, f"No class is enrolled under that label. Received: {label!r}. "
-                                 f"Enrolled labels: {shown}") from None
+            raise self._unknown_label(label) from None
         except OSError as e:
             raise HTTPError(507, f"Could not save the store to {self.state_path} ({e}); nothing was changed. "
                                  f"Received: forget {label!r}") from e
         return {"forgot": label, "classes": len(self.adapter.labels)}
+
+    def _unknown_label(self, label: str) -> HTTPError:
+        known = self.adapter.labels
+        shown = known if len(known) <= 20 else [*known[:20], f"... {len(known) - 20} more"]
+        return HTTPError(404, f"No class is enrolled under that label. Received: {label!r}. Enrolled labels: {shown}")
 
     def save(self) -> str | None:
         if self.state_path is None:
@@ -258,6 +390,17 @@ class Service:
                 raise HTTPError(400, f"images[{i}] could not be decoded ({e.reason}). Received: {received}") from e
             files[i] = None  # each file's bytes are freed once its pixels exist
         return arrays
+
+
+def prediction_json(p: Any) -> dict:
+    """One prediction as the service answers it: label (None: unknown), nearest, distance, score, and where the
+    runtime's Prediction has them the calibrated `probability` that the image is of an enrolled class at all and
+    the `softmax` among the enrolled classes."""
+    out = {"label": p.label, "nearest": p.nearest, "distance": p.distance, "score": p.score}
+    for name in ("probability", "softmax"):
+        if hasattr(p, name):
+            out[name] = getattr(p, name)
+    return out
 
 
 # -- request bodies ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""`edgemeta device serve`'s command line: its options, the token, the memory budget's split, and the
-run from start to a clean stop on SIGTERM/SIGINT."""
+"""`edgemeta device serve`'s command line: its options, the token, the memory budget's split, the board's camera,
+and the run from start to a clean stop on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unknown-threshold", metavar="VALUE", default="calibrated",
                         help="distance beyond which an image is 'unknown': 'calibrated' (the bundle's), "
                              "a number, or 'none'")
+    parser.add_argument("--camera", metavar="SPEC", default="auto",
+                        help="the board's camera for the page's preview, teach and live recognition: 'auto' (the first "
+                             "present of picamera2 and OpenCV, else none), 'none', 'picamera2', 'opencv', 'opencv:N', "
+                             "or a folder of images (docs/camera.md)")
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
@@ -161,7 +165,7 @@ def _adapter(args: argparse.Namespace, bundle: Any, threshold: Any, adapter_budg
     from edgemeta.profiles import board_batch
     from edgemeta.runtime import FewShotAdapter
 
-    options: dict[str, Any] = {"unknown_threshold": threshold,
+    options: dict[str, Any] = {"unknown_threshold": threshold, "thumbnails": True,  # the page's class list shows them
                                "on_full": args.on_full, "keep_support": args.keep_support,
                                "prototype_dtype": args.prototype_dtype, "memory_budget": adapter_budget,
                                # what `edgemeta device check` plans for: its batch, and the request's pixels
@@ -171,6 +175,16 @@ def _adapter(args: argparse.Namespace, bundle: Any, threshold: Any, adapter_budg
     if args.device:
         return FewShotAdapter.for_device(bundle, args.device, state=args.state, **options)
     return FewShotAdapter.from_bundle(bundle, args.state, options.pop("num_threads", None), **options)
+
+
+def _camera(spec: str) -> Any:
+    """The camera `--camera` names (a FrameSource), or None; ConfigError when a named one cannot be opened."""
+    from edgemeta.runtime.camera import CameraError, open_camera
+
+    try:
+        return open_camera(spec)
+    except (ValueError, CameraError) as e:
+        raise ConfigError(f"--camera: {e}") from None
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
@@ -189,8 +203,20 @@ def serve_from_args(args: argparse.Namespace) -> int:
         threshold = _threshold(args)  # a bad option is said before the bundle is read
         bundle, channels = _bundle(args)
         budget, adapter_budget = _budget(args, limits, channels)
-        service = Service(_adapter(args, bundle, threshold, adapter_budget), token, limits, args.state, budget)
-    except Exception as e:  # a bad option, bundle, profile or store: say which, start nothing
+        camera = _camera(args.camera)
+    except Exception as e:  # a bad option, bundle, profile or camera: say which, start nothing
+        print(f"edgemeta device serve: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        service = Service(_adapter(args, bundle, threshold, adapter_budget), token, limits, args.state, budget,
+                          bundle_name=args.preset or Path(bundle).resolve().name)
+        if camera is not None:
+            from edgemeta.serve.camera import CameraEndpoints
+
+            service.camera = CameraEndpoints(service, camera)
+    except Exception as e:  # a bad bundle, profile or store
+        if camera is not None:
+            camera.close()
         print(f"edgemeta device serve: error: {e}", file=sys.stderr)
         return 2
     import warnings
@@ -208,8 +234,14 @@ def serve_from_args(args: argparse.Namespace) -> int:
         server = make_server(service, args.host, args.port, args.max_connections)
     except OSError as e:
         print(f"edgemeta device serve: error: cannot listen on {args.host}:{args.port} ({e})", file=sys.stderr)
+        if camera is not None:
+            camera.close()
         return 2
-    return run(server, service, restore_signals=False)
+    try:
+        return run(server, service, restore_signals=False)
+    finally:
+        if camera is not None:
+            camera.close()
 
 
 def run(server: Any, service: Service, restore_signals: bool = True) -> int:
@@ -228,9 +260,10 @@ def run(server: Any, service: Service, restore_signals: bool = True) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
+    camera = f", camera {service.camera.source.name}" if service.camera is not None else ""
     print(f"edgemeta device serve: listening on http://{shown}:{port}/ ({len(service.adapter.labels)} classes, "
           f"token {'required' if service.token else 'not required (loopback only)'}, "
-          f"state {service.state_path or 'none: what is taught is lost at exit'})", flush=True)
+          f"state {service.state_path or 'none: what is taught is lost at exit'}{camera})", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -257,6 +290,7 @@ def run(server: Any, service: Service, restore_signals: bool = True) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgemeta device serve",
-                                     description="HTTP/JSON service: health, labels, enroll, classify, forget.")
+                                     description="HTTP/JSON service and its web page: health, labels, enroll, classify, "
+                                                 "rename, forget, the board's camera.")
     add_serve_arguments(parser)
     return serve_from_args(parser.parse_args(argv))

@@ -1,6 +1,6 @@
 """The service over HTTP: the request handler (routing, a bounded read of the request line and headers,
-body reading, JSON answers) and the threaded server that caps connections and waits for the requests in
-flight at shutdown.
+body reading, JSON answers, the page's files, sign-in cookies and cross-site checks) and the threaded server
+that caps connections and waits for the requests in flight at shutdown.
 
 Importing this module imports `http.server`, with `ssl` blocked unless something loaded it already
 (docs/service.md, "Memory"); `edgemeta.serve` itself imports it only when a server is made."""
@@ -15,10 +15,23 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgemeta.serve.api import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, HTTPError, Service, fields_of, log
+from edgemeta.serve.api import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    MAX_LOGIN_BYTES,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    HTTPError,
+    Service,
+    fields_of,
+    log,
+)
 
 SOCKET_TIMEOUT = 10.0  # seconds one read or write may stall
 HEADER_SECONDS = 10.0  # the request line and headers must arrive within this, or 408
@@ -29,8 +42,36 @@ BODY_SECONDS = 30.0  # a whole body must arrive within this, or 408
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_LINES = 64
 LINGER_SECONDS = 2.0  # reading what a refused client still sends, so it gets our answer
-ENDPOINTS = "GET /health, GET /labels, POST /enroll, POST /classify, POST /forget, DELETE /labels/<label>"
+# path -> {method: endpoint}. "/labels/<label>" (DELETE) and "/labels/<label>/thumbnail.jpg" (GET) are matched
+# apart, in _route. HEAD is answered as GET without the body.
+ROUTES: dict[str, dict[str, str]] = {
+    "/health": {"GET": "health"}, "/labels": {"GET": "labels"}, "/enroll": {"POST": "enroll"},
+    "/classify": {"POST": "classify"}, "/forget": {"POST": "forget"}, "/rename": {"POST": "rename"},
+    "/camera": {"GET": "camera"}, "/camera/frame.jpg": {"GET": "camera_frame"}, "/camera/teach": {"POST": "camera_teach"},
+    "/camera/classify": {"POST": "camera_classify"},
+    "/session": {"GET": "session", "POST": "login"}, "/session/logout": {"POST": "logout"},
+    "/": {"GET": "page"}, "/page/app.js": {"GET": "asset"}, "/page/style.css": {"GET": "asset"},
+}
+THUMBNAIL_SUFFIX = "/thumbnail.jpg"
+ENDPOINTS = ", ".join(
+    [f"{method} {path}" for path, methods in ROUTES.items() if not path.startswith("/page/") for method in methods]
+    + ["DELETE /labels/<label>", f"GET /labels/<label>{THUMBNAIL_SUFFIX}"])  # "GET /" stands for the page's files
 JSON_TYPE = "application/json"
+JPEG_TYPE = "image/jpeg"
+# The page: static files inside the package, read once, served without the token (the page must load to ask for it).
+PAGE_DIR = Path(__file__).resolve().parent / "page"
+PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+              "/page/app.js": ("app.js", "text/javascript; charset=utf-8"),
+              "/page/style.css": ("style.css", "text/css; charset=utf-8")}
+# On every answer: no inline script or style, nothing from elsewhere, no framing (clickjacking), no MIME sniffing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # the Referer the cross-site check falls back on, never sent elsewhere
+}
+STATE_CHANGING = ("POST", "DELETE", "PUT", "PATCH")
 # A request body nested deeper than this is refused: no endpoint takes more than 3 levels, and walking
 # a deeper one (a 2 KB body can nest 980 levels) would exhaust the recursion limit.
 MAX_JSON_DEPTH = 16
@@ -54,19 +95,82 @@ def _http_server_module() -> Any:
 _http_server = _http_server_module()
 
 
+@dataclass
+class Reply:
+    """An answer that is not a JSON 200: the page's files, a thumbnail or camera still, a 204 with a cookie."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 def _route(method: str, path: str) -> tuple[str, str | None]:
-    fixed = {"/health": ("GET", "health"), "/labels": ("GET", "labels"), "/enroll": ("POST", "enroll"),
-             "/classify": ("POST", "classify"), "/forget": ("POST", "forget")}
-    if path in fixed:
-        allowed, name = fixed[path]
-        if method != allowed:
-            raise HTTPError(405, f"{path} takes {allowed}. Received: {method}", {"Allow": allowed})
-        return name, None
+    """(the endpoint's name, the label in the path or None); 404 or 405 otherwise. `path` is still percent-encoded."""
+    methods = ROUTES.get(path)
+    if methods is not None:
+        if method not in methods:
+            allowed = ", ".join(methods)
+            raise HTTPError(405, f"{path} takes {' or '.join(methods)}. Received: {method}", {"Allow": allowed})
+        return methods[method], None
     if path.startswith("/labels/") and len(path) > len("/labels/"):
-        if method != "DELETE":
-            raise HTTPError(405, f"/labels/<label> takes DELETE. Received: {method}", {"Allow": "DELETE"})
-        return "forget", unquote(path[len("/labels/"):])
+        rest = path[len("/labels/"):]
+        thumbnail = rest.endswith(THUMBNAIL_SUFFIX) and len(rest) > len(THUMBNAIL_SUFFIX)
+        if method == "GET" and thumbnail:
+            return "thumbnail", unquote(rest[: -len(THUMBNAIL_SUFFIX)])
+        if method == "DELETE":  # the whole rest: a label may hold "/" (percent-encoded or not)
+            return "forget", unquote(rest)
+        allowed = "GET, DELETE" if thumbnail else "DELETE"
+        raise HTTPError(405, f"/labels/<label>{THUMBNAIL_SUFFIX if thumbnail else ''} takes {allowed.replace(', ', ' or ')}. "
+                             f"Received: {method}", {"Allow": allowed})
     raise HTTPError(404, f"No such endpoint. Received: {method} {path[:100]}. Endpoints: {ENDPOINTS}")
+
+
+_page_files: dict[str, bytes] = {}
+_page_lock = threading.Lock()
+
+
+def page_file(path: str) -> Reply:
+    """The page's file at `path` (a key of PAGE_FILES), read from the package once."""
+    name, kind = PAGE_FILES[path]
+    with _page_lock:
+        data = _page_files.get(name)
+        if data is None:
+            try:
+                data = _page_files[name] = (PAGE_DIR / name).read_bytes()
+            except OSError as e:
+                raise HTTPError(404, f"The page's files are not installed with this edgemeta ({e}); the API answers "
+                                     f"without them. Received: GET {path}") from None
+    # no-cache: revalidated at every load, so an upgraded board never runs an old app.js against a new API.
+    return Reply(200, data, kind, {"Cache-Control": "no-cache"})
+
+
+def session_cookie(headers: list[str] | None) -> str | None:
+    """The page's session id from the request's Cookie header(s), or None."""
+    for header in headers or []:
+        for pair in header.split(";"):
+            name, equals, value = pair.strip().partition("=")
+            if equals and name == SESSION_COOKIE and value.strip():
+                return value.strip()
+    return None
+
+
+def set_cookie(session: str, seconds: int) -> str:
+    """The Set-Cookie value for `session` (an empty one with 0 seconds deletes it). No `Secure`: the service speaks
+    plain HTTP (a TLS proxy in front may add it)."""
+    return f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={seconds}"
+
+
+def same_site(source: str, host: str) -> bool:
+    """Whether the URL `source` (an Origin or Referer) names the host and port of the Host header `host`."""
+    parts = urlsplit(source.strip())
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme.lower(), "")
+
+    def hostport(text: str) -> str:
+        text = text.rpartition("@")[2].strip().lower()  # no userinfo in a Host, nor in a page's Origin
+        return text[: -len(default)] if default and text.endswith(default) else text
+
+    return bool(parts.netloc) and bool(host) and hostport(parts.netloc) == hostport(host)
 
 
 def json_depth(value: Any, limit: int) -> int:
@@ -216,35 +320,56 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         start, status, path = time.monotonic(), 500, "?"
         try:
             self._unread = self._announced_length()
-            path = urlsplit(self.path).path
+            path = urlsplit(self.path).path  # the query is dropped: it is never read, and never logged
             try:
-                status, payload, headers = 200, self._dispatch(method, path), {}
+                answer = self._dispatch(method, path)
+                if not isinstance(answer, Reply):
+                    answer = Reply(200, json.dumps(answer).encode(), JSON_TYPE)
             except HTTPError as e:
-                status, payload, headers = e.status, {"error": e.message}, e.headers
+                answer = Reply(e.status, json.dumps({"error": e.message}).encode(), JSON_TYPE, e.headers)
             except Exception as e:  # a bug: the client gets no traceback, the log does
                 log(f"internal error on {method} {path}:\n{traceback.format_exc()}")
                 message = (f"Internal error ({type(e).__name__}); see the service's log. "
                            f"Received: {method} {path[:100]}")
-                status, payload, headers = 500, {"error": message}, {}
-            self._send_json(status, payload, headers)
+                answer = Reply(500, json.dumps({"error": message}).encode(), JSON_TYPE)
+            status = answer.status
+            self._send(answer)
             if self._unread:
                 self._discard_unread()
         finally:
             took = 1000 * (time.monotonic() - start)
             log(f'{self.client_address[0]} "{method} {printable(path[:200])}" {status} {took:.0f} ms')
 
-    def _dispatch(self, method: str, path: str) -> dict:
+    def _dispatch(self, method: str, path: str) -> dict | Reply:
         service = self.server.service
         name, argument = _route("GET" if method == "HEAD" else method, path)
         service.check_host(self.headers.get("Host"))  # every path: /health too tells a rebinding page things
-        problem = service.auth_problem(self.headers.get_all("Authorization"))
+        if name in ("page", "asset"):  # the page loads without the token: it is what asks for it
+            return page_file(path)
+        session = session_cookie(self.headers.get_all("Cookie"))
+        problem, by_cookie = service.authorize(self.headers.get_all("Authorization"), session)
+        if method in STATE_CHANGING:  # before the body is read, and before a wrong token's delay
+            self._check_origin(required=by_cookie or (name == "logout" and session is not None))
         if name == "health":
             return service.health(full=problem is None)
+        if name == "session":
+            return {"token_required": service.token is not None, "signed_in": problem is None}
+        if name == "login":
+            session = service.login(self._read_json(self._body_length(MAX_LOGIN_BYTES, "a sign-in body's limit")))
+            return Reply(204, headers={"Set-Cookie": set_cookie(session, SESSION_SECONDS)})
+        if name == "logout":
+            if session is not None:
+                service.sessions.close(session)
+            return Reply(204, headers={"Set-Cookie": set_cookie("", 0)})
         if problem is not None:
-            raise HTTPError(401, "This service requires its token: send 'Authorization: Bearer <token>'. "
-                                 f"Received: {problem}", {"WWW-Authenticate": 'Bearer realm="edgemeta"'})
+            raise HTTPError(401, "This service requires its token: send 'Authorization: Bearer <token>', or sign in "
+                                 f"on its page. Received: {problem}", {"WWW-Authenticate": 'Bearer realm="edgemeta"'})
         if name == "labels":
             return service.labels()
+        if name == "thumbnail":
+            return Reply(200, service.thumbnail(argument), JPEG_TYPE, {"Cache-Control": "private, no-cache"})
+        if name.startswith("camera"):
+            return self._camera(name, path)
         if argument is not None:
             return service.forget(argument)
         # The whole body first, then the model: a slow upload holds its own slot, never the model.
@@ -252,7 +377,40 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         with service.working():
             if name == "forget":
                 return service.forget(fields_of(body, required=("label",))["label"])
+            if name == "rename":
+                return service.rename(body)
             return service.enroll(body) if name == "enroll" else service.classify(body)
+
+    def _camera(self, name: str, path: str) -> dict | Reply:
+        """The camera's routes, answered by edgemeta.serve.camera.CameraEndpoints (404 without a camera)."""
+        camera = self.server.service.camera
+        if camera is None:
+            from edgemeta.serve.camera import no_camera
+
+            raise no_camera(path)
+        if name == "camera":
+            return camera.status()
+        if name == "camera_frame":
+            return Reply(200, camera.frame_jpeg(), JPEG_TYPE, {"Cache-Control": "no-store"})
+        body = self._read_json(self._body_length())
+        # teach and classify take the work lock themselves, after the body has arrived.
+        return camera.teach(body) if name == "camera_teach" else camera.classify(body)
+
+    def _check_origin(self, required: bool) -> None:
+        """Cross-site request forgery: a state-changing request that a browser marks with an Origin (or, for a request
+        signed in by cookie that has none, a Referer) naming another host:port than its Host header is refused, 403.
+        `required`: the request is signed in by the page's cookie, so it must carry one of them."""
+        origin = self.headers.get("Origin")
+        source, kind = (origin, "Origin") if origin is not None else (self.headers.get("Referer"), "Referer")
+        if source is None or (kind == "Referer" and not required):
+            if required:
+                raise HTTPError(403, "A request signed in by the page's session cookie must come from the page: it "
+                                     "needs an Origin or Referer header naming this service. Received: neither")
+            return
+        host = self.headers.get("Host") or ""
+        if not same_site(source, host):
+            raise HTTPError(403, f"Cross-site request refused: its {kind} names another site than the one it was sent "
+                                 f"to. Received: {kind} {printable(source[:100])!r}, Host {printable(host[:100])!r}")
 
     def _announced_length(self) -> int:
         try:
@@ -260,8 +418,9 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         except ValueError:
             return 0
 
-    def _body_length(self) -> int:
-        """The body's length from the headers, refused before a byte of it is read."""
+    def _body_length(self, limit: int | None = None, option: str = "--max-request-bytes") -> int:
+        """The body's length from the headers, refused before a byte of it is read: at most `limit` bytes (the
+        service's --max-request-bytes when None)."""
         if self.headers.get("Transfer-Encoding"):
             raise HTTPError(411, "Send the body with a Content-Length (chunked transfer is not accepted). "
                                  f"Received: Transfer-Encoding {self.headers['Transfer-Encoding'][:40]!r}")
@@ -271,10 +430,11 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         if len(set(values)) > 1 or not values[0].strip().isdigit():
             raise HTTPError(400, f"Content-Length must be one non-negative integer. Received: {values[:3]}")
         length = int(values[0])
-        limit = self.server.service.limits.max_request_bytes
+        if limit is None:
+            limit = self.server.service.limits.max_request_bytes
         if length > limit:
             raise HTTPError(413, f"The body is too large: at most {limit} bytes "
-                                 f"(--max-request-bytes). Received: Content-Length {length}")
+                                 f"({option}). Received: Content-Length {length}")
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if kind != JSON_TYPE:
             # Also what keeps a web page's form post (a "simple" cross-site request) out.
@@ -314,16 +474,21 @@ class Handler(_http_server.BaseHTTPRequestHandler):
         return body
 
     def _send_json(self, status: int, payload: dict, headers: dict[str, str]) -> None:
-        data = json.dumps(payload).encode()
+        self._send(Reply(status, json.dumps(payload).encode(), JSON_TYPE, headers))
+
+    def _send(self, answer: Reply) -> None:
+        data = answer.body
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", JSON_TYPE)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
+            self.send_response(answer.status)
+            if answer.content_type:
+                self.send_header("Content-Type", answer.content_type)
+            if answer.status != 204:  # a 204 has no body, and no Content-Length
+                self.send_header("Content-Length", str(len(data)))
+            headers = {"Cache-Control": "no-store", **SECURITY_HEADERS, **answer.headers}
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            if self.command == "HEAD":
+            if self.command == "HEAD" or answer.status == 204:
                 data = b""
             if not self._unread:  # a connection that still drains an upload keeps its slot until it ends
                 self.server.release_slot()  # before the last bytes: a client with its answer finds it free

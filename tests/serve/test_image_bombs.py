@@ -115,7 +115,8 @@ def measure(tmp_path: Path, no_tensorflow: Path, payload: dict) -> tuple[int, di
         idle = s.peak()
         status, answer = s.call("POST", "/enroll", payload)
         labels = s.call("GET", "/labels")[1]
-        return status, {**answer, "labels": labels["labels"]}, idle, s.peak()
+        rows = [{"label": row["label"], "shots": row["shots"]} for row in labels["labels"]]  # not the times
+        return status, {**answer, "labels": rows}, idle, s.peak()
 
 
 def test_a_9000x9000_png_is_refused_before_decoding_by_the_python_api(big_png):
