@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemeta.format.bundle import MODEL_FILE, read_bundle, update_provenance
+from edgemeta.format.bundle import MODEL_FILE, read_bundle, update_provenance, write_bundle_file
 from edgemeta.runtime.interpreter import make_interpreter
 from edgemeta.runtime.verify.flatbuffer import FILE_IDENTIFIER, TENSOR_SHAPE_SIGNATURE, Buffer, Table, subgraph_tensors
 
@@ -197,10 +197,10 @@ def compile_for_edgetpu(bundle_dir: str | os.PathLike, out_dir: str | os.PathLik
         if result.returncode != 0 or not compiled.is_file():
             raise RuntimeError(f"{COMPILER} failed (exit {result.returncode}). Received output:\n"
                                f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        shutil.copyfile(compiled, target / COMPILED_FILE)
+        write_bundle_file(target / COMPILED_FILE, compiled.read_bytes())  # bundle members: atomic, readable by all
         log = Path(tmp) / "model_edgetpu.log"
         if log.is_file():
-            shutil.copyfile(log, target / "model_edgetpu.log")
+            write_bundle_file(target / "model_edgetpu.log", log.read_bytes())
     out = target / COMPILED_FILE
     if target.resolve() == bundle_dir.resolve():
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()

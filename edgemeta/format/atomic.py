@@ -14,15 +14,15 @@ from typing import BinaryIO
 # Not `tempfile`: it imports `random` and `shutil` (0.8 MB of resident memory on a board for two names).
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, *, follow_symlinks: bool = False) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, *, follow_symlinks: bool = False, keep_mode: bool = True) -> None:
     """Replaces `path` with `data` so that a reader (or a power cut, or SIGKILL) sees the old file or the
     new one, never a half-written one. See `atomic_writer` for modes, symbolic links and the directory's fsync."""
-    with atomic_writer(path, follow_symlinks=follow_symlinks) as f:
+    with atomic_writer(path, follow_symlinks=follow_symlinks, keep_mode=keep_mode) as f:
         f.write(data)
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, *, follow_symlinks: bool = False) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | os.PathLike, *, follow_symlinks: bool = False, keep_mode: bool = True) -> Iterator[BinaryIO]:
     """A file to write `path`'s new contents into, streamed: when the block ends without an exception the
     file is fsynced and renamed over `path`; on an exception it is removed and `path` is untouched.
 
@@ -30,7 +30,8 @@ def atomic_writer(path: str | os.PathLike, *, follow_symlinks: bool = False) -> 
     and two writers never share one).
     - Mode: the new file keeps the mode of the file it replaces (a 0600 file stays 0600), its group when
       the writer may set it, and its owner when the writer is root; a new file gets 0o666 & ~umask, as
-      `open()` gives.
+      `open()` gives. `keep_mode=False` makes it a new file even when it replaces one: 0o666 & ~umask
+      (0644 under the usual umask 022), the writer's owner and group.
     - `follow_symlinks=True` writes the file a symbolic link points to (the link stays a link);
       otherwise the link itself is replaced by a regular file.
     - The directory is fsynced after the rename so that the new name survives a power cut. If that fsync
@@ -46,6 +47,8 @@ def atomic_writer(path: str | os.PathLike, *, follow_symlinks: bool = False) -> 
         existing = None
     # An existing file's copy starts private and gets its mode once written (it may be 0600 for a reason);
     # a new file's mode comes from the umask, as open() gives it.
+    if not keep_mode:
+        existing = None
     fd, tmp = _create_unique(path.parent, f".{path.name}.", ".tmp", 0o600 if existing else 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

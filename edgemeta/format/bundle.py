@@ -444,9 +444,10 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def write_bundle(directory: str | os.PathLike, model_bytes: bytes, manifest: Manifest) -> Path:
-    """Writes `model.tflite` and `manifest.json` (with the model's sha256) into `directory`."""
+    """Writes `model.tflite` and `manifest.json` (with the model's sha256) into `directory`, readable by all
+    (see `write_bundle_file`)."""
     directory = Path(directory)
-    atomic_write(directory / MODEL_FILE, model_bytes)
+    write_bundle_file(directory / MODEL_FILE, model_bytes)
     manifest.model_sha256 = sha256_hex(model_bytes)
     _write_manifest(directory, manifest)
     return directory
@@ -522,5 +523,17 @@ def update_open_set(directory: str | os.PathLike, open_set: dict[str, Any]) -> N
     _write_manifest(Path(directory), manifest)
 
 
+def write_bundle_file(path: str | os.PathLike, data: bytes) -> None:
+    """Writes one file of a bundle atomically, with the mode a new file gets (0o666 & ~umask: 0644 under the
+    usual umask 022), also over a file of another mode.
+
+    A bundle is published, not private: it is copied to boards and read by whichever user runs the service
+    there, and holds nothing secret (the model and how it was made). So unlike the prototype store, which
+    holds what a user taught (embeddings, photo thumbnails) and keeps the mode its owner gave it (0600
+    stays 0600), a bundle file does not inherit the 0600 of an older copy (edgemeta wrote bundles 0600 until
+    issue 18)."""
+    atomic_write(path, data, keep_mode=False)
+
+
 def _write_manifest(directory: Path, manifest: Manifest) -> None:
-    atomic_write(directory / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    write_bundle_file(directory / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
