@@ -93,7 +93,7 @@ class PageService:
     def start(self, attempts: int = 3) -> None:
         for _ in range(attempts):
             command = [sys.executable, "-m", "edgemeta.cli", "device", "serve", "--preset", "omniglot",
-                       "--port", str(self.port), "--state", str(self.state), *self.args]
+                       "--port", str(self.port), "--state", self.state.name, *self.args]  # in cwd: a short path shown
             if self.token:
                 command += ["--token", self.token]
             with self.log_path.open("a") as log:

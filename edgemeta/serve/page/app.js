@@ -271,7 +271,7 @@
     const meter = $("status-meter");
     if (report && report.budget_bytes) {
       $("status-memory").textContent = `${mebibytes(report.used_bytes)} of ${mebibytes(report.budget_bytes)} ` +
-        `(the budget${memory.budget_bytes ? ` of ${mebibytes(memory.budget_bytes)} less one request's reserve` : ""})`;
+        (memory.budget_bytes ? `(the ${mebibytes(memory.budget_bytes)} budget less one request's body)` : "");
       meter.max = report.budget_bytes;
       meter.value = Math.min(report.used_bytes, report.budget_bytes);
       meter.high = 0.9 * report.budget_bytes;
