@@ -59,7 +59,10 @@ def start_browser(profile: Path, size: tuple[int, int] = PHONE) -> Any:
     arguments = ["--headless=new", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
                  f"--window-size={size[0]},{size[1]}", "--no-first-run", "--no-default-browser-check",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-extensions", "--disable-default-apps", "--password-store=basic"]
+                 "--disable-extensions", "--disable-default-apps", "--password-store=basic",
+                 # getUserMedia answered by Chromium's own test pattern, without a permission prompt: the page's live
+                 # camera (a bonus in a secure context, which 127.0.0.1 is) is tested without a camera.
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
     if os.geteuid() == 0:
         arguments.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
     for argument in arguments:

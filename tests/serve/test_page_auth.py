@@ -108,6 +108,8 @@ def test_the_page_has_no_inline_script_or_style_and_nothing_from_elsewhere():
     assert html.count("<script") == 1 and '<script src="/page/app.js" defer></script>' in html
     assert " style=" not in html and "<style" not in html and " on" + "click=" not in html
     assert 'name="viewport"' in html and 'capture="environment" multiple' in html
+    # The token field has no name and its form posts: even without app.js, a submit never puts the token in a URL.
+    assert '<form id="login-form" method="post" action="/session"' in html and 'name="token"' not in html
     for name in ("index.html", "app.js", "style.css"):
         text = (PAGE_DIR / name).read_text()
         assert "http://" not in text.replace("http://<", "") and "https://" not in text and "//cdn" not in text, name

@@ -86,6 +86,7 @@ def wait_classes(driver, labels: list[str]) -> dict[str, str]:
 
 
 def teach(driver, label: str, files: list[Path]) -> None:
+    wait_for(driver, lambda d: shown(d, "teach-label"), message="the teach form")
     field = by_id(driver, "teach-label")
     field.clear()
     field.send_keys(label)
@@ -231,6 +232,21 @@ def test_without_a_token_the_page_needs_no_sign_in_and_shows_the_board_camera(dr
         sent = re.search(r"\(1 added, (\d+) KB sent\)", by_id(driver, "teach-message").text)
         assert sent and int(sent.group(1)) < 400 < big.stat().st_size / 1024, by_id(driver, "teach-message").text
         print(f"a {big.stat().st_size / 1e6:.1f} MB photo was sent as {sent.group(1)} KB")
+        # The live camera of the device the page is on (Chromium's fake camera): a frame added, then taught.
+        assert driver.execute_script("return window.isSecureContext") and shown(driver, "live-start")
+        by_id(driver, "live-start").click()
+        wait_for(driver, lambda d: d.execute_script("return document.getElementById('live-video').videoWidth") > 0,
+                 message="the live camera's video")
+        by_id(driver, "live-snap").click()
+        wait_for(driver, lambda d: len(d.find_elements("css selector", "#teach-pending li")) == 1, message="a frame")
+        by_id(driver, "live-stop").click()
+        assert not shown(driver, "live")
+        by_id(driver, "teach-label").clear()
+        by_id(driver, "teach-label").send_keys("live frame")
+        by_id(driver, "teach-submit").click()
+        wait_for(driver, lambda d: "Taught “live frame”: 1 shot now (1 added" in by_id(d, "teach-message").text,
+                 message="teaching a live frame")
+        assert sorted(classes(driver)) == ["circle", "cross", "live frame", "photo"]
     finally:
         assert service.stop() == 0, service.log()
 
@@ -271,8 +287,9 @@ def test_screenshots_of_the_main_screens(driver, drawings, tmp_path):
         by_id(driver, "token").send_keys("x" * len(TOKEN))  # the form as a user fills it
         driver.save_screenshot(str(out / "login.png"))
         sign_in(driver, TOKEN)
-        for kind, label in zip(KINDS, ("circle", "cross", "zigzag")):
-            teach(driver, label, drawings[kind][:3])
+        wait_for(driver, lambda d: shown(d, "app"), message="the signed-in page")
+        for kind in KINDS:
+            teach(driver, kind, drawings[kind][:3])
         wait_classes(driver, list(KINDS))
         wait_for(driver, lambda d: len(thumbnails_loaded(d)) == 3 and min(thumbnails_loaded(d)) > 0)
         card_screenshot(driver, "classes", out / "classes.png")
