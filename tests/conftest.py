@@ -17,6 +17,16 @@ import pytest
 from tests.harness import OMNIGLOT_DIR
 
 
+@pytest.fixture(scope="module")
+def no_tensorflow(tmp_path_factory) -> Path:
+    """A PYTHONPATH entry whose tensorflow/keras packages refuse to import: board-side commands must not need them."""
+    root = tmp_path_factory.mktemp("block_tf")
+    for name in ("tensorflow", "tf_keras", "keras"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked: the board has none')\n")
+    return root
+
+
 def trained_once(tmp_path_factory, name: str, build: Callable[[Path], dict[str, Any]],
                  load: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """`build(out)` writes a run into `out` and returns the fixture's value. Under xdist the first worker

@@ -36,9 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
         from edgemeta.serve import add_serve_arguments
 
         add_serve_arguments(serve)
-    _add_camera_arguments(device.add_parser(
+    camera = device.add_parser(
         "camera", help="recognise what the board's camera sees, one line per frame; teach from the terminal (teach "
-                       "LABEL) or a GPIO button; see docs/camera.md"))
+                       "LABEL) or a GPIO button; see docs/camera.md")
+    if list(argv[:2]) == ["device", "camera"]:  # its options share the service's (edgemeta.serve), imported only then
+        _add_camera_arguments(camera)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,11 +130,9 @@ _EOF, _BUTTON = object(), object()  # what the stdin reader and the button put i
 
 
 def _add_camera_arguments(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bundle", metavar="DIR", help="bundle directory (model.tflite + manifest.json)")
-    source.add_argument("--preset", metavar="NAME", help="a bundle shipped with edgemeta, e.g. omniglot")
-    p.add_argument("--device", metavar="PROFILE",
-                   help="board profile (edgemeta device list): its threads, delegate and memory budget")
+    from edgemeta.serve.cli import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--state", metavar="FILE", help="store file: loaded at start, saved after every teach and forget "
                                                   "(this run is its one writer: not beside a service on the same file)")
     p.add_argument("--source", metavar="SPEC", default="auto",

@@ -54,13 +54,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `edgemeta device serve`."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--bundle or --preset, and --device: what the board's commands (`device serve`, `device camera`) run."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", metavar="DIR", help="bundle directory (model.tflite + manifest.json)")
     source.add_argument("--preset", metavar="NAME", help="a bundle shipped with edgemeta, e.g. omniglot")
     parser.add_argument("--device", metavar="PROFILE",
                         help="board profile (edgemeta device list): its threads, delegate and memory budget")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `edgemeta device serve`."""
+    add_model_arguments(parser)
     parser.add_argument("--state", metavar="FILE",
                         help="store file: loaded at start, saved after every change and at shutdown")
     parser.add_argument("--host", metavar="ADDRESS", default=DEFAULT_HOST,

@@ -34,16 +34,6 @@ def swap(folder: Path, kind: str, variants) -> None:
             old.unlink()
 
 
-@pytest.fixture(scope="module")
-def no_tensorflow(tmp_path_factory) -> Path:
-    """A PYTHONPATH entry whose tensorflow/keras packages refuse to import: the board's command must not need them."""
-    root = tmp_path_factory.mktemp("block_tf")
-    for name in ("tensorflow", "tf_keras", "keras"):
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked: the board has none')\n")
-    return root
-
-
 class Camera:
     """`python -m edgemeta.cli device camera ...` running, its stdin a pipe, its stdout and stderr read by threads."""
 
