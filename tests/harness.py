@@ -8,6 +8,7 @@ standard library and numpy load at import: board-side tests import it where Tens
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def apt_install(packages: tuple[str, ...], files: tuple[str, ...]) -> str | None:
+    """Installs Debian `packages` with apt-get when one of `files` is missing (as CI on a fresh machine needs);
+    None when all `files` are there afterwards, else why not (a test skips with that reason)."""
+    if all(Path(f).is_file() for f in files):
+        return None
+    missing, wanted = " or ".join(f for f in files if not Path(f).is_file()), " and ".join(packages)
+    if shutil.which("apt-get") is None:
+        return f"{missing} is missing and there is no apt-get to install {wanted}"
+    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if prefix is None:
+        return f"{missing} is missing and installing {wanted} needs root (no sudo)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+    if result.returncode != 0:  # a stale package index: refresh it once
+        subprocess.run([*prefix, "apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=900)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+    if result.returncode != 0 or not all(Path(f).is_file() for f in files):
+        return f"apt-get could not install {wanted}: {(result.stderr or result.stdout)[-500:]}"
+    return None
 
 
 def fresh_runtime_figure(tmp_path: Path) -> dict[str, str]:

@@ -281,13 +281,7 @@ class FewShotAdapter:
             if new == old:
                 return
             self._store.rename(old, new)  # ValueError for a bad or taken label, before anything changed
-            try:
-                if self._budget is not None:
-                    self._budget.check(self._store, f"Renaming {old!r}")
-                self._persist()
-            except BaseException:
-                self._store.rename(new, old)
-                raise
+            self._keep_or_undo(f"Renaming {old!r}", lambda: self._store.rename(new, old))
             self._head = None
 
     def set_thumbnail(self, label: str, image: Any) -> None:
@@ -298,13 +292,17 @@ class FewShotAdapter:
         with self._lock:
             before = self._store.thumbnail(label)  # KeyError for an unknown label, before anything changed
             self._store.set_thumbnail(label, thumbnail)
-            try:
-                if self._budget is not None:
-                    self._budget.check(self._store, f"With the thumbnail of {label!r}, the store")
-                self._persist()
-            except BaseException:
-                self._store.set_thumbnail(label, before)
-                raise
+            self._keep_or_undo(f"With the thumbnail of {label!r}, the store", lambda: self._store.set_thumbnail(label, before))
+
+    def _keep_or_undo(self, what: str, undo: Any) -> None:
+        """After a change to the store (under the lock): checks the budget and saves, or calls `undo` and re-raises."""
+        try:
+            if self._budget is not None:
+                self._budget.check(self._store, what)
+            self._persist()
+        except BaseException:
+            undo()
+            raise
 
     def fit_head(self, steps: int = 50, **options: Any) -> dict:
         """Trains a softmax head, initialised from the prototypes, on the kept support embeddings

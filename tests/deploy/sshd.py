@@ -4,35 +4,19 @@ fresh machine would), started as a child process with its own host key, config a
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness import free_port
+from tests.harness import apt_install, free_port
 
 SSHD = "/usr/sbin/sshd"  # sshd refuses to start unless run by its absolute path (it re-executes itself)
 
 
 def ensure_sshd() -> str | None:
     """Installs openssh-server when sshd is missing; returns None when it is there, else why it could not be."""
-    if Path(SSHD).is_file():
-        return None
-    if shutil.which("apt-get") is None:
-        return f"{SSHD} is missing and there is no apt-get to install openssh-server"
-    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if prefix is None:
-        return f"{SSHD} is missing and installing openssh-server needs root (no sudo)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server"]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0:  # a stale package index: refresh it once
-        subprocess.run([*prefix, "apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=900)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0 or not Path(SSHD).is_file():
-        return f"apt-get could not install openssh-server: {(result.stderr or result.stdout)[-500:]}"
-    return None
+    return apt_install(("openssh-server",), (SSHD,))
 
 
 def _keygen(path: Path) -> None:

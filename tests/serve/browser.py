@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.harness import free_port
+from tests.harness import apt_install, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -29,22 +28,7 @@ def ensure_browser() -> str | None:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed: pip install -e '.[dev]' (make test does)"
-    if Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file():
-        return None
-    if shutil.which("apt-get") is None:
-        return f"{CHROMIUM} or {CHROMEDRIVER} is missing and there is no apt-get to install {' and '.join(PACKAGES)}"
-    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if prefix is None:
-        return f"{CHROMIUM} or {CHROMEDRIVER} is missing and installing {' and '.join(PACKAGES)} needs root (no sudo)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0:  # a stale package index: refresh it once
-        subprocess.run([*prefix, "apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=900)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0 or not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        return f"apt-get could not install {' and '.join(PACKAGES)}: {(result.stderr or result.stdout)[-500:]}"
-    return None
+    return apt_install(PACKAGES, (CHROMIUM, CHROMEDRIVER))
 
 
 def start_browser(profile: Path, size: tuple[int, int] = PHONE) -> Any:
