@@ -23,7 +23,16 @@ from edgemeta.runtime.camera import (
     fit_pixels,
     jpeg_bytes,
 )
-from edgemeta.serve.api import WORK_WAIT_SECONDS, HTTPError, Service, _describe, _label, _threshold, fields_of
+from edgemeta.serve.api import (
+    WORK_WAIT_SECONDS,
+    HTTPError,
+    Service,
+    _describe,
+    _label,
+    _threshold,
+    fields_of,
+    prediction_json,
+)
 
 DEFAULT_FRAMES = 8
 DEFAULT_SECONDS = 3.0
@@ -131,13 +140,3 @@ class CameraEndpoints:
         """Pixels a camera request may decode: the service's per request, within the runtime's per image."""
         embedder = self.service.adapter.embedder
         return min(self.service.limits.max_pixels, getattr(embedder, "max_pixels", self.service.limits.max_pixels))
-
-
-def prediction_json(p: Any) -> dict:
-    """One prediction as `Service.classify` answers it: label (None: unknown), nearest, distance, score, and the
-    calibrated `probability` and the `softmax` among enrolled classes where the runtime's Prediction has them."""
-    out = {"label": p.label, "nearest": p.nearest, "distance": p.distance, "score": p.score}
-    for name in ("probability", "softmax"):
-        if hasattr(p, name):
-            out[name] = getattr(p, name)
-    return out
