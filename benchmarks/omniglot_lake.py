@@ -29,7 +29,7 @@ def lake_protocol(make_adapter: Callable[[], Any], test_set: ImageClassDataset, 
     rng = np.random.default_rng(seed)
     by_class = {c: np.flatnonzero(test_set.labels == c) for c in range(test_set.num_classes)}  # drawer order
     alphabets = sorted(a for a in set(test_set.groups) if test_set.groups.count(a) >= way)
-    errors = []
+    errors, nearest_errors = [], []
     for r in range(runs):
         alphabet = alphabets[r % len(alphabets)]
         classes = rng.choice([c for c in range(test_set.num_classes) if test_set.groups[c] == alphabet], way, replace=False)
@@ -38,8 +38,10 @@ def lake_protocol(make_adapter: Callable[[], Any], test_set: ImageClassDataset, 
         for c in classes:
             adapter.enroll(str(c), test_set.raw[by_class[c][train_drawer]])
         predicted = adapter.classify([test_set.raw[by_class[c][test_drawer]] for c in classes])
-        errors.append(np.mean([p.nearest != str(c) for p, c in zip(predicted, classes)]))
-    return {"error_rate": float(np.mean(errors)), "ci95": ci95(errors), "runs": runs, "way": way, "alphabets": alphabets}
+        errors.append(np.mean([p.label != str(c) for p, c in zip(predicted, classes)]))
+        nearest_errors.append(np.mean([p.nearest != str(c) for p, c in zip(predicted, classes)]))
+    return {"error_rate": float(np.mean(errors)), "ci95": ci95(errors), "nearest_error_rate": float(np.mean(nearest_errors)),
+            "nearest_ci95": ci95(nearest_errors), "runs": runs, "way": way, "alphabets": alphabets}
 
 
 def main() -> None:

@@ -49,24 +49,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8", episodes: int = 600,
-               data_dir: str | None = None, open_set_target: float | None = 0.05,
+               data_dir: str | None = None, open_set_target: float | None | str = "default",
                tasks: Sequence[tuple[int, int]] = DEFAULT_TASKS, n_query: int = 5,
                provenance: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Converts a trained run to a bundle. When the run has held-out classes, measures the bundle's
     accuracy through the runtime (and the Keras model's on the same episodes) and records both in the
     manifest's provenance.
 
-    With `open_set_target` (a false-accept rate; None skips), calibrates the "unknown" distance threshold
-    through the written bundle on the run's training classes (`edgemeta.train.openset.calibrate_training_set`)
-    and stores it in the manifest's `open_set`. `tasks` (way, shot) and `n_query` are the held-out episodes measured;
+    With `open_set_target` (the rate of genuine queries "unknown" may reject; "default":
+    `edgemeta.train.openset.DEFAULT_FALSE_REJECT`; None skips), calibrates "unknown" through the written bundle
+    (`edgemeta.train.openset.calibrate_unknown`) on the run's held-out groups, which the embedding never saw, and
+    stores it in the manifest's `open_set`. A run with nothing held out is calibrated on its training classes
+    instead, with a warning and `held_out: false`: there "unknown" rejects many more genuine queries than stated.
+    `tasks` (way, shot) and `n_query` are the held-out episodes measured;
     `provenance` adds entries to the manifest's (e.g. a preset's recipe)."""
     from converters import export_bundle
     from edgemeta.format.bundle import update_open_set, update_provenance
-    from edgemeta.train.openset import calibrate_training_set, check_target
+    from edgemeta.train.openset import DEFAULT_FALSE_REJECT, calibrate_unknown, check_target, drop_rotated_copies
     from edgemeta.train.training import TrainConfig, load_learner, load_split
 
+    if open_set_target == "default":
+        open_set_target = DEFAULT_FALSE_REJECT
     if open_set_target is not None:
-        check_target(open_set_target)  # before anything is written
+        check_target(open_set_target, "open_set_target")  # before anything is written
     learner, run = load_learner(run_dir)
     backbone = learner.backbone
     config = TrainConfig(**{**run["config"], **({"data_dir": data_dir} if data_dir else {})})
@@ -93,7 +98,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantization: str = "in
     if open_set_target is not None:
         # Through the written bundle, so int8 effects are in the threshold the board will compare against.
         try:
-            open_set = calibrate_training_set(path, train_set, open_set_target)
+            if test_set is not None:
+                open_set = calibrate_unknown(path, test_set, open_set_target)
+            else:
+                warnings.warn(f"{run_dir} holds no groups out of training, so 'unknown' is calibrated on its training "
+                              "classes, which the embedding packs tighter than new ones: it will reject more genuine "
+                              "queries than the target. Train with held-out groups (e.g. --test-groups) to calibrate "
+                              "it properly.", stacklevel=2)
+                open_set = calibrate_unknown(path, drop_rotated_copies(train_set), open_set_target, held_out=False)
         except ValueError as e:  # e.g. a folder dataset with too few images per class: the bundle is still valid
             warnings.warn(f"No open-set threshold stored in {path}: {e}", stacklevel=2)
         else:

@@ -416,6 +416,9 @@ def check_open_set(value: Any, source: str = "manifest") -> dict[str, Any]:
         check.number(open_set["false_reject_rate"], "open_set.false_reject_rate", 0.0, 1.0)
     if "calibrated_on" in open_set:
         check.string(open_set["calibrated_on"], "open_set.calibrated_on")
+    if "held_out" in open_set:
+        check.boolean(open_set["held_out"], "open_set.held_out")
+    _check_genuine_calibration(check, open_set)
     table = open_set.get("impostor_quantiles")
     if table:  # threshold_for reads the table only when it is there
         table = check.object(table, "open_set.impostor_quantiles")
@@ -437,6 +440,41 @@ def check_open_set(value: Any, source: str = "manifest") -> dict[str, Any]:
         if "samples_per_shot_count" in table:
             check.integer(table["samples_per_shot_count"], f"{name}.samples_per_shot_count", 1)
     return open_set
+
+
+# At most this many tabulated rates / shot counts: the runtime reads the whole table per threshold.
+MAX_TABLE_POINTS = 64
+
+
+def _check_genuine_calibration(check: _Fields, open_set: dict[str, Any]) -> None:
+    """`genuine_quantiles` (increasing false-reject rates in (0, 1); per shot count, as many distances, not
+    increasing) with its `target_false_reject`, and `probability` (3 finite coefficients), when present."""
+    table = open_set.get("genuine_quantiles")
+    if not table:
+        if "probability" in open_set:
+            raise check.error("open_set.probability", "given with genuine_quantiles (it is read in their units)", _MISSING)
+        return
+    name = "open_set.genuine_quantiles"
+    table = check.object(table, name)
+    check.number(open_set.get("target_false_reject", _MISSING), "open_set.target_false_reject", 0.0, 1.0,
+                 open_low=True, open_high=True)
+    rates = check.list_of_numbers(table.get("false_reject", _MISSING), f"{name}.false_reject", 0.0, 1.0,
+                                  open_low=True, open_high=True)
+    if not 2 <= len(rates) <= MAX_TABLE_POINTS or any(a >= b for a, b in zip(rates, rates[1:])):
+        raise check.error(f"{name}.false_reject", f"2 to {MAX_TABLE_POINTS} increasing rates", rates)
+    distances = check.object(table.get("distances", _MISSING), f"{name}.distances")
+    if not 1 <= len(distances) <= MAX_TABLE_POINTS:
+        raise check.error(f"{name}.distances", "a list of distances per shot count, e.g. {'1': [...]}", distances)
+    for shots, column in distances.items():
+        if not (shots.isdigit() and shots.isascii() and 1 <= int(shots) <= 10_000):
+            raise check.error(f"{name}.distances", "keyed by shot counts ('1', '5', ...)", shots)
+        column = check.list_of_numbers(column, f"{name}.distances.{shots}", 0.0, length=len(rates))
+        if any(a < b for a, b in zip(column, column[1:])):
+            raise check.error(f"{name}.distances.{shots}", "distances that do not grow as the rate grows", column)
+    if "probability" in open_set:
+        model = check.object(open_set["probability"], "open_set.probability")
+        check.list_of_numbers(model.get("coefficients", _MISSING), "open_set.probability.coefficients", -1e6, 1e6,
+                              length=3)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ from edgemeta.runtime.index import PrototypeIndex
 from edgemeta.runtime.lock import StoreLock, resolve_store_path
 from edgemeta.runtime.prototypes import for_metric
 from edgemeta.runtime.store import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, ClassInfo, PrototypeStore, StoreError, StoreReadOnlyError
-from edgemeta.runtime.threshold import UnknownThreshold, check_threshold
+from edgemeta.runtime.threshold import UnknownThreshold, check_threshold, enrolled_probability
 
 ON_FULL = ("error", "evict")
 
@@ -32,17 +32,28 @@ class Prediction:
     `label` is the nearest enrolled class, or None when the image is farther from every prototype
     than the open-set threshold ("I don't know"); `nearest` is the nearest class either way.
     `distance` is the squared Euclidean distance to that class's prototype (for a `cosine` bundle,
-    between unit-length vectors: 2 - 2 cos), and `score` the softmax over negative distances (a
-    probability among the enrolled classes)."""
+    between unit-length vectors: 2 - 2 cos).
+
+    `probability` is the calibrated probability that the image shows one of the enrolled classes at all
+    (None when the bundle's calibration has no model for it; `edgemeta.runtime.threshold.enrolled_probability`),
+    read with enrolled and never-enrolled images taken as equally likely. `score` (also `softmax`) is the
+    softmax over negative distances: how the nearest class compares with the other enrolled classes, which is
+    high for a stranger that is merely nearer one class than the rest."""
 
     label: str | None
     distance: float
     score: float
     nearest: str = ""
+    probability: float | None = None
 
     @property
     def unknown(self) -> bool:
         return self.label is None
+
+    @property
+    def softmax(self) -> float:
+        """The softmax over negative distances at the nearest class (a probability among the enrolled classes)."""
+        return self.score
 
 
 class FewShotAdapter:
@@ -181,8 +192,10 @@ class FewShotAdapter:
     @property
     def unknown_threshold(self) -> float | None:
         """The distance beyond which `classify` answers "unknown" (None: never). "calibrated" reads the
-        bundle's calibration; with its per-class table, classify uses the threshold for the classes
-        enrolled at the time (`UnknownThreshold`). Settable with what the constructor takes."""
+        bundle's calibration: with a per-shot-count table (`genuine_quantiles`) this is the one-shot
+        threshold, and classify compares each query with its nearest class's own shot count's; with an
+        older per-class table, classify uses the threshold for the classes enrolled at the time
+        (`UnknownThreshold`). Settable with what the constructor takes."""
         return self._threshold.value
 
     @unknown_threshold.setter
@@ -342,11 +355,19 @@ class FewShotAdapter:
                 best += rows.tolist()
                 nearest += d[np.arange(len(d)), rows].tolist()
                 scores += score.tolist()
-            threshold = (self._threshold.for_classes(len(labels), self._store.median_count())
-                         if unknown_threshold == "adapter" else unknown_threshold)
+            shots = self._store.counts_at(np.asarray(best, np.int64))
+            if unknown_threshold != "adapter":
+                thresholds = [unknown_threshold] * len(best)
+            elif self._threshold.per_shot_count:  # each query against its nearest class's own shot count
+                thresholds = self._threshold.for_shots(shots).tolist()
+            else:
+                thresholds = [self._threshold.for_classes(len(labels), self._store.median_count())] * len(best)
+            probability = enrolled_probability(getattr(self.embedder.manifest, "open_set", None) or {},
+                                               np.asarray(nearest), shots, len(labels))
             self._store.touch_rows(set(best))
-        return [Prediction(labels[j] if threshold is None or dist <= threshold else None, dist, score, labels[j])
-                for j, dist, score in zip(best, nearest, scores)]
+        probability = [None] * len(best) if probability is None else probability.tolist()
+        return [Prediction(labels[j] if t is None or dist <= t else None, dist, score, labels[j], p)
+                for j, dist, score, t, p in zip(best, nearest, scores, thresholds, probability)]
 
     def _nearest(self, queries: np.ndarray, d: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per query, the row of its nearest class and its score: the fitted head's probability when

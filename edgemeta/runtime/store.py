@@ -203,6 +203,10 @@ class PrototypeStore:
         thumbnail): what classify derives from the rows is kept until it changes."""
         return self._version
 
+    def counts_at(self, rows: np.ndarray) -> np.ndarray:
+        """The number of shots of the classes at `rows` (row order, as `prototypes` gives it)."""
+        return self._counts[: len(self._labels)][np.asarray(rows, np.int64)].copy()
+
     def median_count(self) -> int:
         """The typical class's number of shots (0 when empty)."""
         if self._median is None or self._median[0] != self._version:  # classify asks on every call

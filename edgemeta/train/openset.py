@@ -1,4 +1,9 @@
-"""Open-set rejection: calibrates, through a bundle, the nearest-prototype distance beyond which a query is "unknown"."""
+"""Open-set rejection: calibrates, through a bundle, the nearest-prototype distance beyond which a query is "unknown".
+
+`calibrate_unknown` (what `edgemeta export` stores) reads it on groups held out from the embedding's training,
+for a stated rate of genuine queries rejected; `calibrate_open_set` is the older calibration for a stated
+rate of strangers accepted, which does not transfer from training groups to new ones (docs/open-set.md).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,102 @@ from edgemeta.data.episodes import OpenSetEpisodes
 from edgemeta.runtime.embedder import Embedder
 from edgemeta.runtime.evaluation import ci95
 from edgemeta.runtime.prototypes import for_metric, mean_prototypes, squared_distances
-from edgemeta.runtime.threshold import threshold_for
+from edgemeta.runtime.threshold import genuine_distance, genuine_threshold, threshold_for
 
 # Shot counts the per-class impostor table is tabulated for (threshold_for interpolates in 1/k).
 TABLE_SHOTS = (1, 2, 5, 10)
 TABLE_POINTS = 33
+# The rate of genuine queries rejected by default: chosen on Omniglot background alphabets held out from
+# training, as the largest rate whose Lake-style 20-way one-shot error (an "unknown" counted as an error) stays
+# well under 8 % (docs/open-set.md: 5 % gave 10.2 %, 2 % gave 7.8 %, 1 % gave 6.9 %; 6.5 % with no threshold).
+DEFAULT_FALSE_REJECT = 0.01
+# Class counts the genuine table and the probability model are read over (those the data allows).
+CALIBRATION_WAYS = (5, 10, 20)
+# False-reject rates the genuine table is tabulated at (a user may ask the runtime for any in between).
+GENUINE_RATES = tuple(float(f"{r:.4g}") for r in np.geomspace(0.002, 0.5, 25))
+
+
+def calibrate_unknown(bundle_or_embedder: str | os.PathLike | Embedder, dataset,
+                      target_false_reject: float = DEFAULT_FALSE_REJECT, episodes: int = 300, seed: int = 0,
+                      n_query: int = 5, within_group: bool = True, ways: tuple[int, ...] = CALIBRATION_WAYS,
+                      held_out: bool = True) -> dict[str, Any]:
+    """The "unknown" calibration `edgemeta export` stores: read on `dataset`, which should hold groups
+    (Omniglot: alphabets) held out from the embedding's training, since an embedding packs the classes it
+    was trained on more tightly than new ones (`held_out=False` records that it was not).
+
+    Episodes enroll N classes (each of `ways` the data allows) of 1 to 10 shots and measure, through the
+    bundle (int8 effects included), the nearest-prototype distance of new images of enrolled classes (genuine)
+    and of images of never-enrolled classes of the same group (impostors). Stores:
+    - `genuine_quantiles`: per shot count, the genuine distance exceeded by each rate of `GENUINE_RATES`; the
+      runtime's threshold for a k-shot class rejects `shot_target(target_false_reject, k)` of genuine queries;
+    - `probability`: a logistic model of P(enrolled) on (nearest distance / the class's median genuine distance,
+      ln N), fitted with enrolled and never-enrolled queries equally likely;
+    - `rates`: what the threshold does on these episodes, per (N, k): genuine rejected, impostors accepted.
+
+    Example:
+        >>> open_set = calibrate_unknown("bundle/", held_out_set)  # doctest: +SKIP
+        >>> update_open_set("bundle/", open_set)  # doctest: +SKIP
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    check_target(target_false_reject, "target_false_reject")
+    embedder = _embedder(bundle_or_embedder)
+    metric = embedder.manifest.metric
+    x = for_metric(map_in_batches(embedder.embed_preprocessed, dataset.images).astype(np.float64), metric)
+    sizes = [dataset.groups.count(g) for g in set(dataset.groups)] if within_group else [dataset.num_classes]
+    ways = [n for n in ways if n < max(sizes)] or [max(sizes) - 1]
+    if ways[0] < 1:
+        raise ValueError(f"Calibrating 'unknown' needs a group of at least 2 classes. Received: {dataset!r}")
+    own: dict[int, list[np.ndarray]] = {}
+    nearest: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (N, k, genuine nearest, impostor nearest)
+    descriptions = []
+    with _one_blas_thread():
+        for n_way in ways:
+            sampler = _episodes(dataset, n_way, 1, n_query, episodes, seed + n_way, within_group, max(TABLE_SHOTS))
+            descriptions.append(sampler.description)
+            for shots, genuine, impostors in sampler.take(episodes):
+                for k in (k for k in TABLE_SHOTS if k <= sampler.shots):
+                    d = prototype_distances(x, shots[:, :k], np.concatenate([genuine, impostors]), metric)
+                    # The nearest prototype's distance, which the runtime compares, not the own class's: with
+                    # many look-alike classes a genuine query is often nearer another one (then it is accepted).
+                    own.setdefault(k, []).append(d[: len(genuine)].min(1))
+                    nearest.append((n_way, k, d[: len(genuine)].min(1), d[len(genuine) :].min(1)))
+    rates = np.array(GENUINE_RATES)
+    open_set: dict[str, Any] = {
+        "target_false_reject": float(target_false_reject),
+        "genuine_quantiles": {
+            "false_reject": rates.tolist(),
+            "distances": {str(k): [round(float(d), 5) for d in np.quantile(np.concatenate(v), 1.0 - rates)]
+                          for k, v in sorted(own.items())},
+            "samples_per_shot_count": int(min(sum(len(a) for a in v) for v in own.values())),
+        },
+        "metric": metric, "episodes": int(episodes), "within_group": bool(within_group), "held_out": bool(held_out),
+        "ways": [int(n) for n in ways],
+        "calibrated_on": "; ".join(dict.fromkeys(descriptions)),
+    }
+    open_set["threshold"] = round(genuine_distance(open_set, 1, target_false_reject), 5)  # one shot, for older readers
+    # P(enrolled): genuine and impostor nearest distances, in units of the class's median genuine distance.
+    features, enrolled = [], []
+    for n_way, k, g, i in nearest:
+        median = genuine_distance(open_set, k, 0.5)
+        for values, label in ((g, 1), (i, 0)):
+            features.append(np.stack([values / median, np.full(len(values), np.log(n_way))], 1))
+            enrolled.append(np.full(len(values), label))
+    model = LogisticRegression(class_weight="balanced").fit(np.concatenate(features), np.concatenate(enrolled))
+    open_set["probability"] = {
+        "coefficients": [round(float(model.intercept_[0]), 6), *(round(float(w), 6) for w in model.coef_[0])],
+        "features": ["1", "nearest distance / median genuine distance at the class's shots", "ln(classes enrolled)"],
+        "prior_enrolled": 0.5,
+    }
+    open_set["rates"] = {}
+    for n_way in ways:
+        for k in sorted(own):
+            t = genuine_threshold(open_set, k)
+            g = np.concatenate([gg for n, kk, gg, _ in nearest if n == n_way and kk == k])
+            i = np.concatenate([ii for n, kk, _, ii in nearest if n == n_way and kk == k])
+            open_set["rates"][f"{n_way}x{k}"] = {"false_reject": round(float(np.mean(g > t)), 5),
+                                                 "false_accept": round(float(np.mean(i <= t)), 5)}
+    return open_set
 
 
 def calibrate_open_set(bundle_or_embedder: str | os.PathLike | Embedder, dataset, target_false_accept: float = 0.05,
@@ -175,10 +271,10 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def check_target(target: float) -> None:
-    """Raises unless `target` is a false-accept rate in (0, 1)."""
+def check_target(target: float, name: str = "target_false_accept") -> None:
+    """Raises unless `target` is a rate in (0, 1)."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
-        raise ValueError(f"target_false_accept must be a rate in (0, 1), e.g. 0.05. Received: {target!r}")
+        raise ValueError(f"{name} must be a rate in (0, 1), e.g. 0.05. Received: {target!r}")
 
 
 def _episodes(dataset: ImageClassDataset, n_way: int, k_shot: int, n_query: int, episodes: int, seed: int,

@@ -1,6 +1,7 @@
-"""Open-set rejection: the threshold `export_run` calibrates through the bundle on the training classes
-rejects the intended share of never-enrolled held-out Omniglot characters, without rejecting every
-genuine one; it uses the adapter's own distance, and the runtime reads it without TensorFlow."""
+"""Open-set rejection: `export_run` calibrates "unknown" through the bundle on held-out classes, so that it rejects
+the stated share of genuine queries on classes it never saw; the older false-accept calibration on training
+classes still works for bundles that carry it; both use the adapter's own distance, and the runtime reads them
+without TensorFlow."""
 
 import json
 import shutil
@@ -12,8 +13,15 @@ from edgemeta.cli.export import export_run
 from edgemeta.format.bundle import MANIFEST_FILE, read_bundle, update_open_set
 from edgemeta.runtime import Embedder, FewShotAdapter
 from edgemeta.runtime.prototypes import for_metric
-from edgemeta.runtime.threshold import threshold_for
-from edgemeta.train.openset import calibrate_open_set, calibrate_training_set, prototype_distances, unknown_rate
+from edgemeta.runtime.threshold import genuine_threshold, threshold_for
+from edgemeta.train.openset import (
+    DEFAULT_FALSE_REJECT,
+    calibrate_open_set,
+    calibrate_training_set,
+    calibrate_unknown,
+    prototype_distances,
+    unknown_rate,
+)
 from tests.harness import run_python
 
 
@@ -44,18 +52,55 @@ def test_calibrated_threshold_holds_on_held_out_alphabets(omniglot_split_run, om
     assert five_shot["false_reject_rate"] < 0.5, five_shot
 
 
-def test_export_run_stores_the_calibrated_threshold(digits_run, tmp_path):
+def test_export_run_calibrates_unknown_on_the_held_out_classes(digits_run, tmp_path):
+    """Digits 5-9, which the run never trained on: 4 enrolled, so one is always the never-enrolled stranger."""
     path, _ = export_run(digits_run["run"], tmp_path / "bundle", "int8", episodes=0)
     _, manifest = read_bundle(path)
     open_set = manifest.open_set
-    # 5 digit classes in one group: 4 enrolled so one is always the never-enrolled impostor.
-    assert (open_set["n_way"], open_set["k_shot"], open_set["target_false_accept"]) == (4, 1, 0.05)
-    assert np.isfinite(open_set["threshold"]) and open_set["threshold"] > 0
-    assert 0 <= open_set["false_reject_rate"] <= 1 and open_set["metric"] == manifest.metric
-    # Through the written bundle: recalibrating on it reproduces the stored value exactly.
-    assert calibrate_training_set(path, digits_run["train"], 0.05)["threshold"] == open_set["threshold"]
-    assert threshold_for(open_set, 4) == pytest.approx(open_set["threshold"], rel=0.15)
-    assert FewShotAdapter.from_bundle(path).unknown_threshold == open_set["threshold"]  # what the board compares with
+    assert open_set["target_false_reject"] == DEFAULT_FALSE_REJECT and open_set["held_out"] is True
+    assert open_set["ways"] == [4] and open_set["metric"] == manifest.metric
+    assert set(open_set["genuine_quantiles"]["distances"]) >= {"1", "2", "5", "10"}
+    # Through the written bundle: recalibrating on it reproduces the stored table exactly.
+    again = calibrate_unknown(path, digits_run["test"], DEFAULT_FALSE_REJECT)
+    assert again["genuine_quantiles"] == open_set["genuine_quantiles"]
+    adapter = FewShotAdapter.from_bundle(path)
+    assert adapter.unknown_threshold == open_set["threshold"] == pytest.approx(genuine_threshold(open_set, 1), abs=1e-4)
+
+
+def test_export_run_without_held_out_classes_warns_and_says_so(digits_run, tmp_path, monkeypatch):
+    import edgemeta.train.training as training
+
+    real = training.load_split
+    monkeypatch.setattr(training, "load_split", lambda config: (real(config)[0], None))
+    with pytest.warns(UserWarning, match="holds no groups out of training"):
+        path, _ = export_run(digits_run["run"], tmp_path / "bundle", "int8", episodes=0)
+    assert read_bundle(path)[1].open_set["held_out"] is False
+
+
+@pytest.mark.slow
+def test_unknown_rejects_the_stated_share_of_genuine_queries_and_fewer_with_more_shots(omniglot_split_run):
+    """Calibrated on the three held-out alphabets, measured there in other episodes of 5 classes: genuine queries are
+    rejected at the target rate within 3 points, less often with 5 shots than with 1, and the probability
+    tells enrolled queries from strangers. (How it transfers to alphabets left out of the calibration too is
+    measured with the real model by benchmarks/unknown_calibration.py: docs/open-set.md.)"""
+    from edgemeta.runtime.threshold import enrolled_probability
+
+    measured = omniglot_split_run["test"]
+    embedder = Embedder.from_bundle(omniglot_split_run["int8"])
+    # Five classes only: this 200-episode model confuses many characters, so its nearest distance shrinks
+    # quickly with more classes (the real model's does little: docs/open-set.md).
+    open_set = calibrate_unknown(embedder, measured, target_false_reject=0.05, episodes=150, ways=(5,))
+    assert "Tagalog" in open_set["calibrated_on"] and "Balinese" not in open_set["calibrated_on"]
+    rates = {k: unknown_rate(embedder, measured, open_set, n_way=5, k_shot=k, episodes=300, within_group=True)
+             for k in (1, 5)}
+    assert abs(rates[1]["false_reject_rate"] - 0.05) <= 0.03, rates[1]
+    assert rates[5]["false_reject_rate"] <= rates[1]["false_reject_rate"], rates
+    assert rates[1]["false_accept_rate"] < 1 - rates[1]["false_reject_rate"]  # strangers are not all let in
+    x = for_metric(embedder.embed_preprocessed(measured.images).astype(np.float64), open_set["metric"])
+    same, other = x[measured.labels == 0], x[measured.labels == 1]
+    p_same = enrolled_probability(open_set, ((same[1:] - same[0]) ** 2).sum(1), np.ones(len(same) - 1), 5)
+    p_other = enrolled_probability(open_set, ((other - same[0]) ** 2).sum(1), np.ones(len(other)), 5)
+    assert p_same.mean() > p_other.mean()
 
 
 def test_export_run_refuses_a_bad_target_before_writing(digits_run, tmp_path):
@@ -130,7 +175,7 @@ def test_calibration_refuses_bad_arguments(digits_run):
 @pytest.mark.slow
 def test_threshold_for_runs_without_tensorflow(omniglot_open_set):
     code = ("import sys, json\nfor m in ('tensorflow', 'tf_keras', 'keras'): sys.modules[m] = None\n"
-            "from edgemeta.runtime.threshold import threshold_for\n"
+            "from edgemeta.runtime.threshold import genuine_threshold, threshold_for\n"
             f"print(round(threshold_for(json.loads({json.dumps(json.dumps(omniglot_open_set))}), 5), 6))")
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
