@@ -178,7 +178,10 @@
     return `${Math.floor(s / 86400)} days ${Math.floor((s % 86400) / 3600)} h`;
   }
 
+  // A calibrated probability is never certainty: 0.9996 reads "over 99 %", not "100 %".
   function percent(p) {
+    if (p >= 0.995) return "over 99 %";
+    if (p < 0.005) return "under 1 %";
     return `${Math.round(100 * p)} %`;
   }
 
