@@ -6,10 +6,12 @@ hardest strangers: other characters of the same alphabet) and with strangers fro
 - genuine queries rejected (false reject) and never-enrolled queries accepted (false accept), at the default
   target and along a curve of targets, for 1 and 5 shots and 5 and 20 classes;
 - how well `Prediction.probability` is calibrated (enrolled and never-enrolled queries equally many);
-- Lake's 20-way one-shot runs with the defaults, an "unknown" counted as an error.
+- Lake's 20-way one-shot runs with the defaults, an "unknown" counted as an error;
+- which score separates enrolled from never-enrolled queries best: the nearest distance (what the runtime
+  thresholds, per shot count), the nearest-to-second ratio, or their product.
 Rates pool the queries of every left-out group; "per group" gives each group's own rate.
 
-    python benchmarks/unknown_calibration.py runs/omniglot-select-8k/bundle \\
+    python benchmarks/unknown_calibration.py edgemeta/presets/omniglot \\
         --data-dir ../shared/datasets/omniglot-background --out runs/unknown-calibration
 """
 
@@ -48,13 +50,14 @@ def cpu_model() -> str:
 def fold_distances(x: np.ndarray, dataset, x_strangers: np.ndarray, n_way: int, k_shot: int, episodes: int,
                    metric: str):
     """Over `episodes` within-group open-set episodes of `dataset` (embedded as `x`): the genuine queries'
-    nearest distance and whether that class is right, the same-group impostors' nearest distance, and as many
-    strangers' (random rows of `x_strangers`, other groups' images) nearest distance."""
+    nearest distance and whether that class is right, the same-group impostors' nearest distance, as many
+    strangers' (random rows of `x_strangers`, other groups' images) nearest distance, and the genuine queries' and
+    impostors' nearest-to-second distance ratios (the alternative score `score_comparison` weighs)."""
     sampler = OpenSetEpisodes(dataset, n_way, k_shot, 5, True, seed=1000 + 10 * n_way + k_shot)
     rng = np.random.default_rng(n_way * 100 + k_shot)
     truth = np.repeat(np.arange(n_way), 5)
     pool = np.concatenate([x, x_strangers])
-    g, right, i, s = [], [], [], []
+    g, right, i, s, ratios = [], [], [], [], []
     for shots, genuine, impostors in sampler.take(episodes):
         strangers = len(x) + rng.choice(len(x_strangers), len(genuine), replace=False)
         d = prototype_distances(pool, shots, np.concatenate([genuine, impostors, strangers]), metric)
@@ -62,7 +65,27 @@ def fold_distances(x: np.ndarray, dataset, x_strangers: np.ndarray, n_way: int, 
         right.append(d[: len(genuine)].argmin(1) == truth)
         i.append(d[len(genuine) : len(genuine) + len(impostors)].min(1))
         s.append(d[len(genuine) + len(impostors) :].min(1))
-    return np.concatenate(g), np.concatenate(right), np.concatenate(i), np.concatenate(s)
+        two = np.sort(d[: len(genuine) + len(impostors)], axis=1)[:, :2]
+        ratios.append(two[:, 0] / np.maximum(two[:, 1], 1e-12))
+    ratio = np.concatenate(ratios).reshape(-1, len(genuine) + len(impostors))
+    return (np.concatenate(g), np.concatenate(right), np.concatenate(i), np.concatenate(s),
+            (ratio[:, : len(genuine)].ravel(), ratio[:, len(genuine) :].ravel()))
+
+
+def score_comparison(scores: dict[str, tuple[np.ndarray, np.ndarray]], false_reject: float) -> dict[str, dict]:
+    """Per score (genuine, impostor values; lower means enrolled): the area under the ROC curve and the impostors
+    accepted at the threshold that rejects `false_reject` of the genuine queries. The threshold is read on the
+    same queries (an oracle, alike for every score), so this compares how well each score separates, not how
+    well its calibration transfers."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for name, (genuine, impostor) in scores.items():
+        cut = np.quantile(genuine, 1 - false_reject)
+        y = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
+        out[name] = {"auroc": float(roc_auc_score(y, -np.r_[genuine, impostor])),
+                     "false_accept": float(np.mean(impostor <= cut))}
+    return out
 
 
 def main() -> None:
@@ -83,6 +106,7 @@ def main() -> None:
                          download=False)
     groups = sorted(set(full.groups))
     rows: dict[tuple, list] = {}
+    scores: dict[tuple, dict[str, list]] = {}
     lake = []
     reliability = {"p": [], "enrolled": []}
     for held in groups:
@@ -93,7 +117,11 @@ def main() -> None:
         in_held = np.array([full.groups[c] == held for c in full.labels])
         x = for_metric(map_in_batches(embedder.embed_preprocessed, full.images).astype(np.float64), metric)
         for n_way, k in SETTINGS:
-            g, right, i, s = fold_distances(x[in_held], test_set, x[~in_held], n_way, k, args.episodes, metric)
+            g, right, i, s, (g_ratio, i_ratio) = fold_distances(x[in_held], test_set, x[~in_held], n_way, k,
+                                                                args.episodes, metric)
+            for name, pair in (("nearest distance", (g, i)), ("nearest / second distance", (g_ratio, i_ratio)),
+                               ("distance x ratio", (g * g_ratio, i * i_ratio))):
+                scores.setdefault((n_way, k), {}).setdefault(name, []).append(pair)
             rows.setdefault((n_way, k, True), []).append((held, g, right, i, open_set))
             rows.setdefault((n_way, k, False), []).append((held, g, right, s, open_set))
             p = np.concatenate([enrolled_probability(open_set, g, np.full(len(g), k), n_way),
@@ -136,13 +164,18 @@ def main() -> None:
     gaps = [r["queries"] * abs(r["mean_probability"] - r["enrolled_fraction"]) for r in table]
     report["probability"] = {"expected_calibration_error": float(sum(gaps) / len(p)),
                              "brier": float(np.mean((p - y) ** 2)), "bins": table}
+    report["scores"] = [
+        {"n_way": n_way, "k_shot": k, "strangers": "same group", **score_comparison(
+            {name: (np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]))
+             for name, pairs in by_name.items()}, DEFAULT_FALSE_REJECT)}
+        for (n_way, k), by_name in scores.items()]
     report["lake_error_rate"] = float(np.mean([r["error_rate"] for r in lake]))
     report["lake_nearest_error_rate"] = float(np.mean([r["nearest_error_rate"] for r in lake]))
     report["seconds"] = round(time.time() - started, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if k not in ("curve", "lake")}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("curve", "lake", "probability")}, indent=1))
 
 
 if __name__ == "__main__":
