@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--tasks", nargs="+", type=way_by_shot, default=list(DEFAULT_TASKS), metavar="WAYxSHOT",
                    help="held-out tasks measured, e.g. 5x1 5x5 16x1 (default: 5x1 5x5 20x1 20x5; those the data allows)")
     p.add_argument("--query", type=int, default=5, help="query images per class in the measured episodes")
+    p.add_argument("--unknown-target", type=unknown_target, default="default", metavar="RATE|none",
+                   help="share of a taught class's new images that \"unknown\" may reject, in (0, 1) (default: 0.01, "
+                   "docs/open-set.md); none: no calibration")
 
 
 def way_by_shot(text: str) -> tuple[int, int]:
@@ -36,9 +39,22 @@ def way_by_shot(text: str) -> tuple[int, int]:
     return int(way), int(shot)
 
 
+def unknown_target(text: str) -> float | None:
+    """"0.05" -> 0.05; "none" -> None."""
+    if text.lower() == "none":
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not 0.0 < rate < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a false-reject rate in (0, 1), e.g. 0.01, or none. Received: {text!r}")
+    return rate
+
+
 def run(args: argparse.Namespace) -> int:
     path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir, tasks=args.tasks,
-                                n_query=args.query)
+                                n_query=args.query, open_set_target=args.unknown_target)
     print(f"Bundle written to {path}/")
     for task, r in measured.items():
         if "runtime" in r:

@@ -109,6 +109,21 @@ def test_export_run_refuses_a_bad_target_before_writing(digits_run, tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
+def test_the_export_command_takes_the_target_or_none_and_refuses_a_bad_one_in_one_line(digits_run, tmp_path):
+    from tests.harness import cli_in_process
+
+    result = cli_in_process("export", digits_run["run"], "--out", tmp_path / "five", "--episodes", "0",
+                            "--unknown-target", "0.05")
+    assert result.returncode == 0, result.stderr
+    assert read_bundle(tmp_path / "five")[1].open_set["target_false_reject"] == 0.05
+    result = cli_in_process("export", digits_run["run"], "--out", tmp_path / "none", "--episodes", "0",
+                            "--unknown-target", "none")
+    assert result.returncode == 0 and read_bundle(tmp_path / "none")[1].open_set == {}, result.stderr
+    result = cli_in_process("export", digits_run["run"], "--out", tmp_path / "bad", "--unknown-target", "5")
+    assert result.returncode == 2 and "rate in (0, 1)" in result.stderr and "Received: '5'" in result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_manifest_without_open_set_still_loads_and_update_replaces_it(digits_run, tmp_path):
     bundle = shutil.copytree(digits_run["bundles"]["float32"], tmp_path / "bundle")
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
