@@ -286,9 +286,10 @@ def run(server: Any, service: Service, restore_signals: bool = True) -> int:
     except Exception as e:
         log(f"could not save the store to {service.state_path}: {e}")
         code = 1
-    if restore_signals:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    for s, handler in previous.items():
+        # A process that exits next ignores them to the end: CPython resets its Python-level handlers to the
+        # default at finalization (then a late SIGTERM kills it with -15), but leaves SIG_IGN alone.
+        signal.signal(s, handler if restore_signals else signal.SIG_IGN)
     log("stopped")
     return code
 
