@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> 
     p.add_argument("--tasks", nargs="+", type=way_by_shot, default=list(DEFAULT_TASKS), metavar="WAYxSHOT",
                    help="held-out tasks measured, e.g. 5x1 5x5 16x1 (default: 5x1 5x5 20x1 20x5; those the data allows)")
     p.add_argument("--query", type=int, default=5, help="query images per class in the measured episodes")
-    p.add_argument("--unknown-target", type=unknown_target, default="default", metavar="RATE|none",
+    p.add_argument("--unknown-target", type=unknown_target, default=argparse.SUPPRESS, metavar="RATE|none",
                    help="share of a taught class's new images that \"unknown\" may reject, in (0, 1) (default: 0.01, "
                    "docs/open-set.md); none: no calibration")
 
@@ -54,7 +54,7 @@ def unknown_target(text: str) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     path, measured = export_run(args.run, args.out, args.quantization, args.episodes, args.data_dir, tasks=args.tasks,
-                                n_query=args.query, open_set_target=args.unknown_target)
+                                n_query=args.query, open_set_target=getattr(args, "unknown_target", "default"))
     print(f"Bundle written to {path}/")
     for task, r in measured.items():
         if "runtime" in r:
