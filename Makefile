@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Absolute, so that it still holds for processes started in another directory.
 OMNIGLOT_DIR ?= $(abspath $(or $(EDGEMETA_OMNIGLOT_DIR),../shared/datasets/omniglot))
 
-.PHONY: venv demo demo-omniglot demo-photos test lint bench bench-training bench-compression bench-runtime preset preset-photos clean
+.PHONY: venv demo demo-omniglot demo-photos test test-board lint bench bench-training bench-compression bench-runtime preset preset-photos clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ demo-photos: venv
 # `pytest -m "not slow"` is the developers' fast tier.
 test: venv lint
 	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
+
+# The device side on the board's own architecture: a Debian bookworm arm64 root (cached in
+# $(or $(EDGEMETA_BOARD_CACHE),~/.cache/edgemeta/board)) under qemu, set up by devices/setup-raspberry-pi.sh, then
+# tests/board/test_on_board.py inside it (docs/boards.md). Needs root; skips with the reason where it cannot run.
+test-board: venv
+	$(BIN)/python -m tests.board.run_on_arm --arch arm64
 
 # ruff (configured in pyproject.toml: line length, import order, pyupgrade, bugbear) on the whole tree.
 lint: venv

@@ -58,6 +58,8 @@ esac
 if [ "$py_major" -ne 3 ] || [ "$py_minor" -lt 10 ]; then
     die "edgemeta needs Python 3.10 or newer. Received: Python $py_version"
 fi
+apt_packages=()
+venv_options=()
 case "$bits" in
     64)
         requirements=("${package}[device]")
@@ -65,8 +67,12 @@ case "$bits" in
         ;;
     32)
         # ai-edge-litert has no armv7l wheels; tflite-runtime 2.14.0's armv7l wheels are cp39-cp311 and predate NumPy 2.
+        # PyPI has no armv7l wheels of numpy or Pillow, and building them on the board takes hours: Debian's
+        # python3-numpy and python3-pil (bookworm: 1.24 and 9.4) are installed with apt and the venv sees them.
         [ "$py_minor" -le 11 ] || die "on a 32-bit OS the runtime is tflite-runtime 2.14.0, whose armv7l wheels stop at Python 3.11. Received: Python $py_version. Use the 64-bit Raspberry Pi OS, or a Python 3.10/3.11 (--python)."
         requirements=("$package" "tflite-runtime==2.14.0" "numpy<2")
+        apt_packages+=(python3-numpy python3-pil)
+        venv_options+=(--system-site-packages)
         ;;
     *) die "expected a 32- or 64-bit Python. Received: $bits" ;;
 esac
@@ -95,7 +101,14 @@ fi
 
 # Debian 12 forbids pip in the system Python (PEP 668), hence the venv; python3-venv provides ensurepip.
 if ! "$python" -c 'import ensurepip' 2>/dev/null; then
-    run apt-get install -y python3-venv
+    apt_packages+=(python3-venv)
+fi
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    run apt-get install -y "${missing[@]}"
 fi
 if ! id edgemeta >/dev/null 2>&1; then
     run useradd --system --home-dir /var/lib/edgemeta --create-home --shell /usr/sbin/nologin edgemeta
@@ -104,7 +117,7 @@ for group in video plugdev apex; do  # video: camera; plugdev: USB Coral acceler
     if getent group "$group" >/dev/null; then run usermod -aG "$group" edgemeta; fi
 done
 run mkdir -p "$prefix"
-run "$python" -m venv "$venv"
+run "$python" -m venv "${venv_options[@]}" "$venv"
 run "$venv/bin/python" -m pip install --upgrade pip
 run "$venv/bin/python" -m pip install "${requirements[@]}"
 run "$venv/bin/python" -c "from edgemeta.runtime.interpreter import interpreter_class; print('interpreter:', interpreter_class()[1])"

@@ -154,6 +154,8 @@ def test_pi_setup_picks_the_interpreter_by_word_size():
     result = _dry_run("setup-raspberry-pi.sh", "--device", "raspberry-pi-4", "--bits", "32", "--no-service")
     assert result.returncode == 0, result.stderr
     assert r"pip install edgemeta tflite-runtime==2.14.0 numpy\<2" in result.stdout  # this venv is Python 3.11
+    # numpy and Pillow from Debian (PyPI has no armv7l wheels of either), seen by the venv.
+    assert "-m venv --system-site-packages /opt/edgemeta/venv" in result.stdout
     assert "MemoryMax" not in result.stdout
 
 
