@@ -33,11 +33,13 @@ demo-photos: venv
 test: venv lint
 	EDGEMETA_OMNIGLOT_DIR=$(OMNIGLOT_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=10
 
-# The device side on the board's own architecture: a Debian bookworm arm64 root (cached in
-# $(or $(EDGEMETA_BOARD_CACHE),~/.cache/edgemeta/board)) under qemu, set up by devices/setup-raspberry-pi.sh, then
-# tests/board/test_on_board.py inside it (docs/boards.md). Needs root; skips with the reason where it cannot run.
+# The device side on the board's own architecture: Debian bookworm arm64 and armhf roots (Raspberry Pi OS 64- and
+# 32-bit; cached in $$EDGEMETA_BOARD_CACHE or ~/.cache/edgemeta/board) under qemu, set up by
+# devices/setup-raspberry-pi.sh, then tests/board/test_on_board.py inside each (docs/boards.md). Needs root; skips
+# with the reason where it cannot run.
 test-board: venv
 	$(BIN)/python -m tests.board.run_on_arm --arch arm64
+	$(BIN)/python -m tests.board.run_on_arm --arch armhf
 
 # ruff (configured in pyproject.toml: line length, import order, pyupgrade, bugbear) on the whole tree.
 lint: venv

@@ -28,10 +28,11 @@ pytestmark = pytest.mark.skipif(
                          "(EDGEMETA_BOARD_EXCHANGE is not set here)")
 
 # int8 embeddings may differ by rounding between the x86-64 and Arm kernels; predictions must be equal. Measured
-# under qemu (docs/boards.md): the Omniglot model's were bit-identical; the photo model's (EfficientNet-Lite0, many
-# more layers to carry a rounding difference) differed by up to 16 output steps in one component, 0.64 on average,
-# cosine similarity 0.9965 at worst. The bounds leave about twice that.
-TOLERANCE = {"omniglot": {"max_steps": 1.0, "min_cosine": 0.9999}, "photos": {"max_steps": 32.0, "min_cosine": 0.99}}
+# under qemu (docs/boards.md): the Omniglot model's were bit-identical on arm64 and at most 1 output step apart on
+# armhf (tflite-runtime 2.14); the photo model's (EfficientNet-Lite0, many more layers to carry a rounding
+# difference) up to 16 steps in one component, under 0.8 on average, cosine similarity 0.9955 at worst. The bounds
+# leave about twice that.
+TOLERANCE = {"omniglot": {"max_steps": 2.0, "min_cosine": 0.9999}, "photos": {"max_steps": 32.0, "min_cosine": 0.99}}
 
 
 def _exchange() -> Path:
@@ -159,9 +160,11 @@ def test_the_service_answers_health_enroll_and_classify_and_stops_cleanly_on_sig
 
 
 def test_device_check_runs():
+    """The plan runs on the board. Its verdict is for a Pi 4's budget: under qemu the runtime's measured memory is
+    the emulator's as well (72 MB on armhf), not a board's."""
     from edgemeta.presets import preset_path
 
     result = subprocess.run([sys.executable, "-m", "edgemeta.cli", "device", "check", str(preset_path("omniglot")),
-                             "--device", _reference()["board"]["device"]], capture_output=True, text=True, timeout=600)
+                             "--device", "raspberry-pi-4"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "fits" in result.stdout.lower(), result.stdout
+    assert f"measured on {platform.machine()} Linux" in result.stdout and "fits:" in result.stdout, result.stdout
