@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgemeta.profiles import DeviceProfile, list_profiles, load_profile
-from tests.harness import ROOT, run_python
+from tests.harness import ROOT, apt_install, run_python
 
 DEVICES = ROOT / "devices"  # setup scripts, the systemd unit, the README
 PROFILES = ROOT / "edgemeta" / "profiles"  # the profiles themselves, package data
@@ -135,8 +135,9 @@ def test_wheel_ships_the_profiles_as_package_data_and_finds_them(tmp_path):
 def test_setup_scripts_parse_and_pass_shellcheck(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (apt-get install shellcheck); bash -n passed")
+    reason = apt_install(("shellcheck",), ("/usr/bin/shellcheck",))  # as CI on a fresh machine needs
+    if reason:
+        pytest.skip(f"{reason}; bash -n passed")
     result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
