@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from edgemeta.cpu import cpu_line
 from edgemeta.train.backend import keras, tf
 from edgemeta.train.training import TrainConfig, build_for_training, fit_episodes, load_split
 
@@ -78,7 +78,7 @@ def main() -> None:
                 results[task][s].append(rate)
                 print(f"round {r + 1}: {task} {s}: {rate * config.episodes_per_batch:.1f} episodes/s", flush=True)
     devices = [d.device_type for d in tf.config.list_logical_devices()]
-    summary = {"machine": {"cpu": platform.processor() or platform.machine(), "devices": devices, "tensorflow": tf.__version__},
+    summary = {"machine": {"cpu": cpu_line(), "devices": devices, "tensorflow": tf.__version__},
                "command": "python benchmarks/jit_compile.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                           (("out", args.out), ("data_dir", args.data_dir)) if v),
                "tasks": {}}

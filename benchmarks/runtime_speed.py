@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgemeta.cpu import cpu_line, describe_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {  # the done-when figures
     "int8_over_float32_1_thread": 0.35,
@@ -440,7 +442,7 @@ def main() -> None:
     result = {
         "targets": TARGETS, "summary": summary, "setup": setup, **info,
         "bundles": {"int8": args.bundle, "float32": str(float32), "float32_from_run": args.run_dir},
-        "machine": {"platform": platform.platform(), "processor": _cpu_model(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "processor": cpu_line(), "cpu": describe_cpu(), "cpus": os.cpu_count(),
                     "load_average_start_end": load, "python": platform.python_version(), **versions},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "raw_rounds": rounds, "raw_cold": cold,
@@ -454,16 +456,6 @@ def main() -> None:
               f"{args.cold_runs} cold starts), and in brackets the best round, which a quiet machine approaches.\n\n")
     (out / "runtime_speed.md").write_text(header + table)
     print(header + table)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

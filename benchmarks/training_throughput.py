@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemeta.cpu import cpu_line, describe_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 L2L_SCRIPT = ROOT / "benchmarks" / "l2l_train.py"
 # The two settings. ProtoNet: the 60-way episodes edgemeta's Omniglot recipe trains on. MAML: the setting
@@ -273,10 +275,10 @@ def _mixed(precision: str | None) -> str:
 
 
 def machine() -> dict:
-    cpu = (next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
-           if Path("/proc/cpuinfo").exists() else platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    """The CPU (model, kind, the flags speed depends on) and the platform: every figure is for one CPU kind."""
+    cpu = describe_cpu()
+    return {"cpu": cpu_line(), "cpu_kind": cpu["kind"], "flags": cpu["flags"], "cores": os.cpu_count(),
+            "platform": platform.platform()}
 
 
 def report(result: dict) -> str:

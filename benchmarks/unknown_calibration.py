@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 from omniglot_lake import lake_protocol  # its sibling script (benchmarks run as scripts: this folder is on sys.path)
 
+from edgemeta.cpu import cpu_line
 from edgemeta.data.dataset import map_in_batches
 from edgemeta.data.episodes import OpenSetEpisodes
 from edgemeta.data.splits import OMNIGLOT_SELECTION
@@ -37,14 +36,6 @@ from edgemeta.train.openset import DEFAULT_FALSE_REJECT, calibrate_unknown, prot
 
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 CURVE_TARGETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def fold_distances(x: np.ndarray, dataset, x_strangers: np.ndarray, n_way: int, k_shot: int, episodes: int,
@@ -134,7 +125,7 @@ def main() -> None:
         lake.append({"group": held, **result})
         print(f"{held}: calibrated on the other {len(groups) - 1}; Lake error {100 * result['error_rate']:.2f} % "
               f"(unknown = error), {100 * result['nearest_error_rate']:.2f} % nearest only", flush=True)
-    report = {"bundle": args.bundle, "groups": groups, "cpu": cpu_model(), "episodes": args.episodes,
+    report = {"bundle": args.bundle, "groups": groups, "cpu": cpu_line(), "episodes": args.episodes,
               "target_false_reject": DEFAULT_FALSE_REJECT, "settings": [], "curve": [], "lake": lake}
     for (n_way, k, within), folds in rows.items():
         t = [genuine_threshold(o, k) for *_, o in folds]

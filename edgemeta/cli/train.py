@@ -160,12 +160,17 @@ def run(args: argparse.Namespace) -> int:
             callbacks.append(keras.callbacks.ModelCheckpoint(
                 str(Path(args.out) / "checkpoints" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True))
     backup = None if args.no_backup else (args.backup_dir or str(Path(args.out) / "backup"))
+    from edgemeta.cpu import cpu_line
+    from edgemeta.train.backend import kernels
+
+    precision = resolve_mixed_precision(config)
+    print(f"CPU: {cpu_line()}. Kernels: {kernels()}. Precision: {f'mixed {precision}' if precision else 'float32'}"
+          f" (mixed_precision={config.mixed_precision!r}).", flush=True)
     with strategy.scope():
         _, train_set, _ = train(config, args.out, callbacks, backup_dir=backup)
     cluster = describe(strategy)
     where = (f" on {cluster.replicas} replicas ({cluster.strategy}, {cluster.workers} worker(s))"
              if cluster.replicas > 1 or cluster.workers > 1 else "")
-    precision = resolve_mixed_precision(config)
     where += f" in mixed {precision}" if precision else ""
     if cluster.is_chief:
         print(f"Trained on {train_set}{where}. Run saved to {args.out}/ (config: {json.dumps(asdict(config), default=list)})")

@@ -10,9 +10,23 @@ import os
 import sys
 
 from edgemeta._native_stderr import filtered_native_stderr, native_logs_wanted
+from edgemeta.cpu import cpu_flags, onednn_choice
 
 # Must be set before TensorFlow is first imported, or `tf.keras` resolves to Keras 3.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def _choose_onednn() -> str:
+    """Applies `edgemeta.cpu.onednn_choice` before TensorFlow is imported (it reads the variable once)."""
+    if "tensorflow" in sys.modules:
+        return "TensorFlow's default (TensorFlow was imported before edgemeta)"
+    value, reason = onednn_choice(os.environ, cpu_flags())
+    if value is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = value
+    return reason
+
+
+ONEDNN_CHOICE = _choose_onednn()
 # Hides TensorFlow's INFO and WARNING lines, unless the user chose a level of their own.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -60,6 +74,21 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":  # pragma: no cover - guards a user
 
 
 
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow runs its oneDNN kernels (else Eigen's)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # the only place TensorFlow says so
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow without the probe
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower() in ("1", "true")
+
+
+def kernels() -> str:
+    """The CPU kernels training uses and why, e.g. 'oneDNN (TensorFlow's default on this CPU ...)'."""
+    return f"{'oneDNN' if onednn_enabled() else 'Eigen'} ({ONEDNN_CHOICE})"
+
+
 @functools.cache  # the machine does not change within a process: one read of /proc/cpuinfo
 def amx_bfloat16_cpu() -> bool:
     """True when TensorFlow sees no GPU and the CPU has AMX-BF16 tiles (Intel Xeon 4th generation and
@@ -75,4 +104,4 @@ def amx_bfloat16_cpu() -> bool:
     return "amx_bf16" in flags.split()
 
 
-__all__ = ["tf", "keras", "amx_bfloat16_cpu"]
+__all__ = ["tf", "keras", "amx_bfloat16_cpu", "kernels", "onednn_enabled"]

@@ -125,8 +125,9 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
     training state is backed up after every epoch and a restarted run resumes from it (see
     `fit_episodes`).
     """
+    from edgemeta.cpu import describe_cpu
     from edgemeta.train.backbones import check_backbone_options, check_learner
-    from edgemeta.train.backend import keras, tf
+    from edgemeta.train.backend import keras, kernels, tf
     from edgemeta.train.distribute import describe
 
     # Before the data loads: a mistyped backbone, option or weights path should not wait for a dataset.
@@ -176,6 +177,7 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Sequence[Any] = (
         "final_train_accuracy": float(history.history["accuracy"][-1]) if history.history else None,
         "distribution": cluster.to_dict(),
         "precision": f"mixed_{precision}" if precision else "float32",  # what "auto" resolved to on this machine
+        "kernels": kernels(), "cpu": describe_cpu(),  # speed depends on both (docs/distributed-training.md)
     }
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2, default=list) + "\n")
     return net, train_set, test_set
