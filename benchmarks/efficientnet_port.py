@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import time
 import zipfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from edgemeta.cpu import cpu_line, describe_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"top1": 37.9, "top5": 69.6}  # % on all 1,600 val images, efficientnet-lite-pytorch (PyTorch)
@@ -93,14 +94,6 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"top1": float(100 * np.mean(top5[:, 0] == labels)), "top5": float(100 * np.mean((top5 == labels[:, None]).any(1)))}
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="holds val.zip (default: EDGEMETA_MINI_IMAGENET_DIR "
@@ -134,12 +127,12 @@ def main() -> None:
     within = {r: all(abs(v[k] - REFERENCE[k]) <= TOLERANCE for k in REFERENCE) for r, v in results.items()}
     report = {"images": len(images), "classes": len(set(wnids)), "split": args.split, "reference_pytorch": REFERENCE,
               "tolerance_points": TOLERANCE, "results": results, "within_tolerance": within, "wall_seconds": round(wall, 1),
-              "cpu": cpu_name(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "cpu": cpu_line(), "cpu_detail": describe_cpu(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "per_image_top5": {r: dict(zip(names, p)) for r, p in per_image.items()}}
     lines = [f"# EfficientNet-Lite0 port: ImageNet classifier on mini-ImageNet {args.split} ({len(images)} images)", "",
              "| resize to 224 | top-1 % | top-5 % | within 1 point of PyTorch (37.9 / 69.6) |", "|---|---|---|---|"]
     lines += [f"| {r} | {v['top1']:.2f} | {v['top5']:.2f} | {'yes' if within[r] else 'no'} |" for r, v in results.items()]
-    lines += ["", f"Wall time {wall:.0f} s on {report['cpu']} ({os.cpu_count()} cores); `{report['command']}`."]
+    lines += ["", f"Wall time {wall:.0f} s on {report['cpu']}; `{report['command']}`."]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficientnet_port.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "efficientnet_port.md").write_text("\n".join(lines) + "\n")

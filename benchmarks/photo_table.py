@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemeta.cpu import cpu_line, describe_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("raspberry-pi-zero-2-w", "raspberry-pi-4")
 
@@ -171,8 +173,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs, bundles = pairs(args.run, "--run"), pairs(args.bundle, "--bundle")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    report = {"cpu": cpu, "machine": platform.machine(), "episodes": args.episodes, "query": args.query}
+    cpu = cpu_line()
+    report = {"cpu": cpu, "cpu_detail": describe_cpu(), "machine": platform.machine(), "episodes": args.episodes,
+              "query": args.query}
     if not args.skip_accuracy:
         report["accuracy"] = accuracy_rows(runs, bundles, args.tasks, args.episodes, args.query)
     report["device"] = device_rows(bundles, jpeg_files(out), args.rounds) if bundles else []

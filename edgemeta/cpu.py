@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
@@ -43,10 +44,25 @@ def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
     return fields
 
 
+@functools.cache
+def masked_flags() -> frozenset[str]:
+    """The flags a CPUID mask loaded into this process hides from every library (benchmarks/avx2_only, which
+    makes an AVX-512 machine run what an AVX2-only one would); empty without it. Read from the loaded mask
+    itself, not the environment, so a figure says "masked" only when the libraries really saw the mask."""
+    if "cpuid_mask" not in os.environ.get("LD_PRELOAD", ""):
+        return frozenset()
+    try:
+        names = ctypes.c_char.in_dll(ctypes.CDLL(None), "edgemeta_cpuid_masked_flags")
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(ctypes.string_at(ctypes.addressof(names)).decode().split())
+
+
 def cpu_flags(fields: dict[str, str] | None = None) -> frozenset[str]:
-    """The CPU's feature flags (x86 `flags`, Arm `features`), lower case."""
+    """The CPU's feature flags (x86 `flags`, Arm `features`), lower case, as this process's libraries see them
+    (without what a CPUID mask hides; /proc/cpuinfo lists what the silicon has)."""
     fields = _cpuinfo() if fields is None else fields
-    return frozenset((fields.get("flags") or fields.get("features") or "").lower().split())
+    return frozenset((fields.get("flags") or fields.get("features") or "").lower().split()) - masked_flags()
 
 
 def cpu_kind(flags: frozenset[str], machine: str | None = None) -> str:
@@ -86,15 +102,22 @@ def onednn_choice(environ: Mapping[str, str], flags: frozenset[str], machine: st
 
 
 def describe_cpu() -> dict[str, object]:
-    """The CPU for a benchmark's report: model name, kind, the flags that matter, cores."""
+    """The CPU for a benchmark's report: model name, kind, the flags that matter, cores, and what a CPUID mask
+    hides (`masked`: the kind is then what the libraries saw, and the silicon's own kind is `silicon_kind`)."""
     fields = _cpuinfo()
     flags = cpu_flags(fields)
     model = fields.get("model name") or fields.get("hardware") or platform.processor() or "unknown"
-    return {"model": model, "kind": cpu_kind(flags), "machine": platform.machine(), "cores": os.cpu_count(),
-            "flags": sorted(flags & set(FLAGS_THAT_MATTER))}
+    cpu: dict[str, object] = {"model": model, "kind": cpu_kind(flags), "machine": platform.machine(),
+                              "cores": os.cpu_count(), "flags": sorted(flags & set(FLAGS_THAT_MATTER))}
+    silicon = frozenset((fields.get("flags") or "").lower().split())
+    if silicon & masked_flags():  # an AVX-512 machine standing in for an AVX2 one: say so, and what it is
+        cpu["masked"] = sorted(silicon & masked_flags() & set(FLAGS_THAT_MATTER))
+        cpu["silicon_kind"] = cpu_kind(silicon)
+    return cpu
 
 
 def cpu_line() -> str:
     """One line naming the CPU, for printed figures: 'AMD EPYC (x86-64 AVX-512 VNNI; avx2 ...; 2 cores)'."""
     cpu = describe_cpu()
-    return f"{cpu['model']} ({cpu['kind']}; {' '.join(cpu['flags']) or 'no flags read'}; {cpu['cores']} cores)"
+    masked = f"; {cpu['silicon_kind']} with {' '.join(cpu['masked'])} masked by cpuid_mask" if "masked" in cpu else ""
+    return f"{cpu['model']} ({cpu['kind']}; {' '.join(cpu['flags']) or 'no flags read'}; {cpu['cores']} cores{masked})"

@@ -89,19 +89,14 @@ def kernels() -> str:
     return f"{'oneDNN' if onednn_enabled() else 'Eigen'} ({ONEDNN_CHOICE})"
 
 
-@functools.cache  # the machine does not change within a process: one read of /proc/cpuinfo
+@functools.cache  # the machine does not change within a process
 def amx_bfloat16_cpu() -> bool:
     """True when TensorFlow sees no GPU and the CPU has AMX-BF16 tiles (Intel Xeon 4th generation and
     later): oneDNN then runs bfloat16 convolutions and matmuls on AMX. A Conv-4 ProtoNet step ran
     1.7-3.1x faster than in float32 here (benchmarks/learners.py, benchmarks/jit_compile.py)."""
     if tf.config.list_physical_devices("GPU"):
         return False
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:  # Linux; elsewhere no AMX is assumed
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_bf16" in flags.split()
+    return "amx_bf16" in cpu_flags()  # Linux's /proc/cpuinfo, less what a CPUID mask hides; elsewhere none
 
 
 __all__ = ["tf", "keras", "amx_bfloat16_cpu", "kernels", "onednn_enabled"]
