@@ -15,6 +15,11 @@ float32 (n, 28, 28, 1) or (n, 1, 28, 28) and integer `labels`) and trains on the
 Each round builds a fresh model and optimizer, runs `--warmup` untimed steps, then times `--steps` steps
 (input pipeline included) and prints one JSON line with every round's episodes/s.
 
+For benchmarks/l2l_accuracy.py it also trains to the end of a schedule: `--cosine-decay` decays the learning rate
+as edgemeta's `fit_episodes` does (Keras `CosineDecay(lr, steps, alpha=0.01)`, here `CosineAnnealingLR` with
+`eta_min = 0.01 lr` over warm-up plus timed steps), and `--embed TEST.npz --embed-out OUT.npy` writes the trained
+model's embeddings (eval mode: BatchNorm's running statistics, as edgemeta's inference) of held-out images.
+
     .venv-l2l/bin/python benchmarks/l2l_train.py --data runs/throughput/omniglot28.npz --learner protonet \\
         --n-way 60 --k-shot 1 --n-query 5 --steps 40 --rounds 3
 """
@@ -150,6 +155,14 @@ def run_round(args, images: torch.Tensor, labels: torch.Tensor, episode_file: np
         model = conv4().train().to(memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         step = lambda: protonet_step(model, optimizer, episodes, args.n_way, args.k_shot, memory_format, autocast)  # noqa: E731
+        if args.cosine_decay:
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.warmup + args.steps, eta_min=0.01 * args.lr)
+            unscheduled = step
+
+            def step() -> float:
+                loss = unscheduled()
+                schedule.step()
+                return loss
     else:
         # Batch statistics in every pass, as edgemeta's functional MAML (the MAML paper's transductive BN).
         model = conv4(args.n_way, track_running_stats=False).train().to(memory_format=memory_format)
@@ -161,8 +174,20 @@ def run_round(args, images: torch.Tensor, labels: torch.Tensor, episode_file: np
     start = time.perf_counter()
     losses = [step() for _ in range(args.steps)]
     seconds = time.perf_counter() - start
+    if args.embed:
+        embed_held_out(model, args.embed, args.embed_out, memory_format)
     return {"episodes_per_second": args.steps * args.meta_batch / seconds, "seconds": seconds,
             "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+@torch.no_grad()
+def embed_held_out(model: nn.Module, images_npz: str, out: str, memory_format, batch: int = 512) -> None:
+    """Writes the model's embeddings (eval mode) of the images in `images_npz` to `out` (.npy, float32)."""
+    images, _ = load_images(images_npz)
+    model.eval()
+    chunks = [model(images[i : i + batch].contiguous(memory_format=memory_format)).float() for i in range(0, len(images), batch)]
+    np.save(out, torch.cat(chunks).numpy().astype(np.float32))
+    model.train()
 
 
 def pipeline_rate(args, images: torch.Tensor, labels: torch.Tensor, count: int = 200) -> float:
@@ -225,7 +250,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="bfloat16: the model's forward under torch.autocast (mixed precision)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also measure the pipeline alone and the top operators")
+    parser.add_argument("--cosine-decay", action="store_true", help="ProtoNet: decay the learning rate as edgemeta does")
+    parser.add_argument("--embed", help="after training: an .npz of held-out images to embed (ProtoNet, one round)")
+    parser.add_argument("--embed-out", help="where --embed writes the embeddings (.npy)")
     args = parser.parse_args(argv)
+    if bool(args.embed) != bool(args.embed_out) or (args.embed and (args.learner != "protonet" or args.rounds != 1)):
+        parser.error("--embed and --embed-out go together, with --learner protonet and --rounds 1. Received: "
+                     f"--embed {args.embed!r} --embed-out {args.embed_out!r} --learner {args.learner} --rounds {args.rounds}")
     if args.learner == "protonet" and args.meta_batch != 1:
         parser.error(f"ProtoNet trains on one episode per step. Received: --meta-batch {args.meta_batch}")
     if (args.pipeline == "indices") != bool(args.episodes):
