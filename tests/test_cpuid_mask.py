@@ -76,3 +76,12 @@ def test_a_real_crash_still_reaches_the_programs_own_handler(tmp_path):
     """faulthandler installs its SIGSEGV handler after the mask: a segfault that is not CPUID must still reach it."""
     out = _masked(tmp_path, sys.executable, "-X", "faulthandler", "-c", "import ctypes; ctypes.string_at(0)")
     assert out.returncode == -11 and "Fatal Python error: Segmentation fault" in out.stderr, (out.returncode, out.stderr)
+
+
+def test_training_on_an_avx2_cpu_prints_no_error_line_for_the_kernels_edgemeta_chose(tmp_path):
+    """MAML's int32 ops make TensorFlow print an E-line once edgemeta has turned oneDNN on without AVX-512."""
+    exe = Path(sys.executable).with_name("edgemeta")
+    out = _masked(tmp_path, str(exe), "train", "--recipe", "digits", "--learner", "maml", "--steps", "2", "--epochs", "1",
+                  "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "set by edgemeta" in out.stdout and "DT_INT32" not in out.stderr, out.stderr[-3000:]

@@ -4,6 +4,7 @@ TensorFlow Model Optimization works only with tf_keras, so every model is built 
 exported here. Moving to Keras 3 later is a change to this file alone.
 """
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -39,6 +40,17 @@ IMPORT_NOISE = (
 )
 # The one E-line: alarming on a CPU-only machine, where it only repeats that there is no CUDA driver.
 NO_DRIVER_NOISE = r"^E\d{4} .*\] failed call to cuInit: "
+# Printed while training once edgemeta has turned oneDNN on for a CPU without AVX-512 (MAML's int32 ops run on Eigen
+# there): an E-line about a choice edgemeta made, with nothing wrong.
+ONEDNN_INT32_NOISE = r"^E\d{4} .*\] oneDNN supports DT_INT32 only on platforms with AVX-512\. Falling back "
+
+
+def training_stderr_filter() -> contextlib.AbstractContextManager:
+    """What training runs inside: hides `ONEDNN_INT32_NOISE` when edgemeta chose oneDNN, and nothing when the
+    user asked for TensorFlow's logs or chose the kernels themselves."""
+    if native_logs_wanted() or "set by edgemeta" not in ONEDNN_CHOICE:
+        return contextlib.nullcontext()
+    return filtered_native_stderr((ONEDNN_INT32_NOISE,))
 
 
 def _cuda_driver_present() -> bool:
@@ -99,4 +111,4 @@ def amx_bfloat16_cpu() -> bool:
     return "amx_bf16" in cpu_flags()  # Linux's /proc/cpuinfo, less what a CPUID mask hides; elsewhere none
 
 
-__all__ = ["tf", "keras", "amx_bfloat16_cpu", "kernels", "onednn_enabled"]
+__all__ = ["tf", "keras", "amx_bfloat16_cpu", "kernels", "onednn_enabled", "training_stderr_filter"]

@@ -277,7 +277,7 @@ def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbac
     worker died) resumes at the last finished epoch, on the episodes the uninterrupted run would have
     seen next, and the backup is deleted when training completes.
     """
-    from edgemeta.train.backend import keras, tf
+    from edgemeta.train.backend import keras, tf, training_stderr_filter
     from edgemeta.train.episodes import EpisodeSampler
 
     strategy = tf.distribute.get_strategy()
@@ -325,7 +325,8 @@ def fit_episodes(net, train_set: ImageClassDataset, config: TrainConfig, callbac
         # Metric results are already reduced across replicas; tf_keras' default ("sum") adds them up once more
         # per worker under MultiWorkerMirroredStrategy, so logs showed the loss times the worker count.
         net.distribute_reduction_method = "first"
-    history = net.fit(data, steps_per_epoch=steps_per_epoch, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    with training_stderr_filter():
+        history = net.fit(data, steps_per_epoch=steps_per_epoch, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
     if backup_dir is not None:  # BackupAndRestore removed its checkpoint: training completed
         (Path(backup_dir) / BACKUP_CONFIG_FILE).unlink(missing_ok=True)
         for leftover in (Path(backup_dir) / "chief", Path(backup_dir)):
