@@ -31,6 +31,7 @@ from training_throughput import (  # its sibling script (benchmarks run as scrip
     SETTINGS,
     config_for,
     configure_tensorflow,
+    default_omniglot_dir,
     write_episode_indices,
 )
 
@@ -41,8 +42,7 @@ TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir",
-                        default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot")))
+    parser.add_argument("--data-dir", default=default_omniglot_dir())
     parser.add_argument("--out", default="runs/l2l-accuracy")
     parser.add_argument("--steps", type=int, default=2000, help="training steps of each side (one 60-way episode each)")
     parser.add_argument("--episodes", type=int, default=1000, help="held-out episodes per task")

@@ -49,10 +49,14 @@ SETTINGS = {
 L2L_MEMORY_FORMAT = {"protonet": "channels_last", "maml": "contiguous"}
 
 
+def default_omniglot_dir() -> str:
+    """The fixed split's zips: $EDGEMETA_OMNIGLOT_DIR, else ../shared/datasets/omniglot beside the checkout."""
+    return os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot"))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir",
-                        default=os.environ.get("EDGEMETA_OMNIGLOT_DIR", str(ROOT.parent / "shared/datasets/omniglot")))
+    parser.add_argument("--data-dir", default=default_omniglot_dir())
     parser.add_argument("--out", default="runs/throughput")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per learner (medians over rounds)")
     parser.add_argument("--steps", type=int, default=20, help="timed ProtoNet steps per round (one 60-way episode each)")
