@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query", type=int, default=5, help="query images per class in the held-out episodes")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads of both sides")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--seed", type=int, default=0, help="both sides' initialisation and the training episodes")
     parser.add_argument("--l2l-python", default=str(ROOT / ".venv-l2l" / "bin" / "python"))
     args = parser.parse_args(argv)
     if not Path(args.l2l_python).is_file():
@@ -80,7 +81,7 @@ def train_l2l(args, npz: Path, episodes: Path, held_out: Path, embeddings: Path)
                "--n-query", str(s["n_query"]), "--lr", str(s["learning_rate"]), "--cosine-decay",
                "--warmup", "1", "--steps", str(args.steps - 1), "--rounds", "1", "--threads", str(args.threads),
                "--memory-format", "channels_last", "--precision", args.precision,
-               "--embed", str(held_out), "--embed-out", str(embeddings)]
+               "--embed", str(held_out), "--embed-out", str(embeddings), "--seed", str(args.seed)]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -93,6 +94,8 @@ def train_l2l(args, npz: Path, episodes: Path, held_out: Path, embeddings: Path)
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     tf, _ = configure_tensorflow(args.threads)
+    from dataclasses import replace
+
     from edgemeta.data.episodes import EpisodeIndices
     from edgemeta.train.evaluation import embed_once, evaluate_embedding
     from edgemeta.train.training import load_split
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    config = config_for("protonet", args.data_dir, args.steps, args.precision)
+    config = replace(config_for("protonet", args.data_dir, args.steps, args.precision), seed=args.seed)
     train_set, test_set = load_split(config)
     npz, held_out = work / "train28.npz", work / "held_out28.npz"
     np.savez(npz, images=train_set.images, labels=train_set.labels)
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_line(), "cpu_detail": describe_cpu(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]), "steps": args.steps, "precision": args.precision,
+        "seed": args.seed,
         "threads": args.threads, "held_out": {"classes": int(len(set(test_set.labels))), "images": int(len(test_set.labels))},
         "tensorflow": tf.__version__, "torch": l2l["versions"]["torch"], "learn2learn": l2l["versions"]["learn2learn"],
         "edgemeta_seconds": edgemeta_seconds, "l2l_seconds": l2l["rounds"][0]["seconds"] + 0.0,
@@ -145,7 +149,8 @@ def report(r: dict) -> str:
     lines = ["# ProtoNet held-out accuracy: edgemeta against learn2learn, identical episodes", "",
              f"{r['date']}, {r['cpu']}; {r['threads']} threads on both sides; {r['precision']}; TensorFlow {r['tensorflow']}, "
              f"torch {r['torch']}, learn2learn {r['learn2learn']}.", "", f"Command: `{r['command']}`", "",
-             f"Both trained {r['steps']} steps of 60-way 1-shot 5-query episodes (the same episodes); measured on the "
+             f"Both trained {r['steps']} steps of 60-way 1-shot 5-query episodes (the same episodes; seed {r.get('seed', 0)}); "
+             "measured on the "
              f"{r['held_out']['classes']} classes of the 3 held-out alphabets, the same episodes for both, "
              "nearest prototype, mean ± 95 % interval.", "",
              "| task | edgemeta | learn2learn | intervals overlap |", "|---|---|---|---|"]
