@@ -8,7 +8,7 @@ pipeline (`MetaDataset` + `TaskDataset` transforms) and once on edgemeta's exact
 Rounds are interleaved (edgemeta, learn2learn, learn2learn by index, then the next round), so all sides see
 the same machine state; every round builds fresh models and excludes its first `--warmup` steps. Writes
 `OUT/training_throughput.md` and `OUT/training_throughput.json`, with medians, spreads, ratios and a
-profile of edgemeta's ProtoNet step (input pipeline against compute, and the top ops of both sides).
+profile of each learner's step (input pipeline against compute, and the top ops of both sides).
 
     bash benchmarks/l2l_venv.sh
     python benchmarks/training_throughput.py --data-dir ../shared/datasets/omniglot --out runs/throughput
@@ -205,29 +205,30 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
 
 
-def profile_edgemeta_protonet(train_set, config, warmup: int, trace_dir: Path, pairs: int = 2) -> dict:
-    """Where edgemeta's ProtoNet step spends its time: the tf.data pipeline alone, the training step alone
-    (one cached episode repeated), and the TensorFlow ops of a traced training run."""
+def profile_edgemeta(learner: str, train_set, config, warmup: int, trace_dir: Path, pairs: int = 2) -> dict:
+    """Where edgemeta's `learner` step spends its time: the tf.data pipeline alone, the training step alone
+    (one cached meta-batch repeated), and the TensorFlow ops of a traced training run."""
     from edgemeta.train.backend import tf
     from edgemeta.train.episodes import EpisodeSampler
 
     sampler = EpisodeSampler(train_set, config.n_way, config.k_shot, config.n_query, seed=config.seed)
-    it = iter(sampler.episodes(1))
+    batch = config.episodes_per_batch
+    it = iter(sampler.episodes(batch))
     for _ in range(10):
         next(it)
     count = 200
     start = time.perf_counter()
     for _ in range(count):
         next(it)
-    pipeline_rate = count / (time.perf_counter() - start)
-    fixed = sampler.episodes(1).take(1).cache().repeat()
+    pipeline_rate = count * batch / (time.perf_counter() - start)
+    fixed = sampler.episodes(batch).take(1).cache().repeat()
     compute, full = [], []
     for _ in range(pairs):  # interleaved, as the rounds are
-        compute.append(edgemeta_round("protonet", train_set, config, warmup, dataset=fixed)["episodes_per_second"])
-        full.append(edgemeta_round("protonet", train_set, config, warmup)["episodes_per_second"])
+        compute.append(edgemeta_round(learner, train_set, config, warmup, dataset=fixed)["episodes_per_second"])
+        full.append(edgemeta_round(learner, train_set, config, warmup)["episodes_per_second"])
     tf.profiler.experimental.start(str(trace_dir))
     try:
-        edgemeta_round("protonet", train_set, config, warmup)
+        edgemeta_round(learner, train_set, config, warmup)
     finally:
         tf.profiler.experimental.stop()
     compute_rate, full_rate = statistics.median(compute), statistics.median(full)
@@ -316,17 +317,17 @@ def report(result: dict) -> str:
             lines.append(f"| {'edgemeta' if side == 'edgemeta' else 'learn2learn'} | {label} | {v['median']:.2f} | "
                          f"{v['min']:.2f} - {v['max']:.2f} | {ratio} | {paired} |")
         lines.append("")
-    if result.get("profile"):
+    for learner in (result.get("profile") or {}).get("learners", []):
         p = result["profile"]
-        e = p["edgemeta_protonet"]
-        lines += ["## Profile of the ProtoNet step", "",
+        e = p[f"edgemeta_{learner}"]
+        lines += [f"## Profile of the {'ProtoNet' if learner == 'protonet' else 'MAML'} step", "",
                   f"- edgemeta: tf.data pipeline alone {e['pipeline_only_episodes_per_second']:.0f} episodes/s; training "
                   f"step alone (one cached episode) {e['compute_only_episodes_per_second']:.2f}; both "
                   f"{e['full_episodes_per_second']:.2f}: the pipeline costs {100 * e['pipeline_share_of_step']:.0f} % of a step "
                   f"(within the rounds' noise); in the trace the pipeline's ops are "
                   f"{100 * (e.get('pipeline_share_of_op_time') or 0):.1f} % of all op time.",
                   ]
-        l2l = p.get("l2l_protonet", {})
+        l2l = p.get(f"l2l_{learner}", {})
         if "pipeline_only_episodes_per_second" in l2l:
             lines.append(f"- learn2learn: its pipeline alone {l2l['pipeline_only_episodes_per_second']:.0f} episodes/s.")
         for name, ops in (("edgemeta (TensorFlow trace, host ops)", e.get("top_ops", [])),
@@ -384,9 +385,12 @@ def main(argv=None) -> None:
         entry["l2l_commands"] = {k: v["command"] for k, v in l2l_info[learner].items()}
         learners[learner] = entry
     profile = None
-    if not args.no_profile and "protonet" in args.learners:
-        profile = {"edgemeta_protonet": profile_edgemeta_protonet(train_set, configs["protonet"], args.warmup, work / "trace"),
-                   "l2l_protonet": l2l_round(args, "protonet", npz, steps["protonet"], None, profile=True)}
+    if not args.no_profile:
+        profile = {"learners": list(args.learners)}
+        for learner in args.learners:
+            profile[f"edgemeta_{learner}"] = profile_edgemeta(learner, train_set, configs[learner], args.warmup,
+                                                              work / f"trace-{learner}")
+            profile[f"l2l_{learner}"] = l2l_round(args, learner, npz, steps[learner], None, profile=True)
     theirs = next(iter(l2l_info.values()))["own"]["versions"]
     versions = {"python": platform.python_version(), "edgemeta": edgemeta_version, "tensorflow": tf.__version__,
                 "tf_keras": keras.__version__, "numpy": np.__version__, "torch": theirs["torch"],
