@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads of both sides")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--seed", type=int, default=0, help="both sides' initialisation and the training episodes")
+    parser.add_argument("--l2l-init", choices=("torch", "keras"), default="torch",
+                        help="learn2learn's initialisation: PyTorch's default, or Keras' as edgemeta's (l2l_train.py --init)")
     parser.add_argument("--l2l-python", default=str(ROOT / ".venv-l2l" / "bin" / "python"))
     args = parser.parse_args(argv)
     if not Path(args.l2l_python).is_file():
@@ -81,7 +83,7 @@ def train_l2l(args, npz: Path, episodes: Path, held_out: Path, embeddings: Path)
                "--n-query", str(s["n_query"]), "--lr", str(s["learning_rate"]), "--cosine-decay",
                "--warmup", "1", "--steps", str(args.steps - 1), "--rounds", "1", "--threads", str(args.threads),
                "--memory-format", "channels_last", "--precision", args.precision,
-               "--embed", str(held_out), "--embed-out", str(embeddings), "--seed", str(args.seed)]
+               "--embed", str(held_out), "--embed-out", str(embeddings), "--seed", str(args.seed), "--init", args.l2l_init]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_line(), "cpu_detail": describe_cpu(),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]), "steps": args.steps, "precision": args.precision,
-        "seed": args.seed,
+        "seed": args.seed, "l2l_init": args.l2l_init,
         "threads": args.threads, "held_out": {"classes": int(len(set(test_set.labels))), "images": int(len(test_set.labels))},
         "tensorflow": tf.__version__, "torch": l2l["versions"]["torch"], "learn2learn": l2l["versions"]["learn2learn"],
         "edgemeta_seconds": edgemeta_seconds, "l2l_seconds": l2l["rounds"][0]["seconds"] + 0.0,

@@ -55,6 +55,15 @@ def conv4(n_way: int | None = None, track_running_stats: bool = True) -> nn.Modu
     return nn.Sequential(*layers)
 
 
+def keras_init(model: nn.Module) -> None:
+    """Keras' initialisation in place of PyTorch's (a diagnostic: does it explain an accuracy gap?): Glorot-uniform
+    convolution kernels and zero biases, where PyTorch draws both from U(+-1/sqrt(fan_in))."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 def pairwise_distances_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Negative squared Euclidean distances, `(n, d)` x `(m, d)` -> `(n, m)`, as learn2learn's ProtoNet example."""
     n, m = a.shape[0], b.shape[0]
@@ -153,6 +162,8 @@ def run_round(args, images: torch.Tensor, labels: torch.Tensor, episode_file: np
     autocast = args.precision == "bfloat16"  # the backbone in bfloat16 (torch.autocast), weights and loss float32
     if args.learner == "protonet":
         model = conv4().train().to(memory_format=memory_format)
+        if args.init == "keras":
+            keras_init(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         step = lambda: protonet_step(model, optimizer, episodes, args.n_way, args.k_shot, memory_format, autocast)  # noqa: E731
         if args.cosine_decay:
@@ -250,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="bfloat16: the model's forward under torch.autocast (mixed precision)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also measure the pipeline alone and the top operators")
+    parser.add_argument("--init", choices=("torch", "keras"), default="torch",
+                        help="ProtoNet: PyTorch's default initialisation, or Keras' (Glorot kernels, zero biases)")
     parser.add_argument("--cosine-decay", action="store_true", help="ProtoNet: decay the learning rate as edgemeta does")
     parser.add_argument("--embed", help="after training: an .npz of held-out images to embed (ProtoNet, one round)")
     parser.add_argument("--embed-out", help="where --embed writes the embeddings (.npy)")

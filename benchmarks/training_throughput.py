@@ -322,7 +322,7 @@ def report(result: dict) -> str:
         e = p[f"edgemeta_{learner}"]
         lines += [f"## Profile of the {'ProtoNet' if learner == 'protonet' else 'MAML'} step", "",
                   f"- edgemeta: tf.data pipeline alone {e['pipeline_only_episodes_per_second']:.0f} episodes/s; training "
-                  f"step alone (one cached episode) {e['compute_only_episodes_per_second']:.2f}; both "
+                  f"step alone (one cached batch of episodes, repeated) {e['compute_only_episodes_per_second']:.2f}; both "
                   f"{e['full_episodes_per_second']:.2f}: the pipeline costs {100 * e['pipeline_share_of_step']:.0f} % of a step "
                   f"(within the rounds' noise); in the trace the pipeline's ops are "
                   f"{100 * (e.get('pipeline_share_of_op_time') or 0):.1f} % of all op time.",
