@@ -86,6 +86,7 @@ clean:
 # the open-set fold models train once, about 45 min each).
 bench-runtime: venv
 	$(BIN)/python benchmarks/runtime_speed.py --data-dir $(OMNIGLOT_DIR) --out runs/runtime-speed
+	$(BIN)/python benchmarks/int8_layers.py --out runs/int8-layers
 	$(BIN)/python benchmarks/runtime_memory.py --classes 1 1000 5000 --out runs/memory
 	$(BIN)/python benchmarks/fuzz_models.py edgemeta/presets/omniglot --cases 2000 --seed 7
 	test -f runs/compression/int8/model.tflite || $(MAKE) bench-compression
