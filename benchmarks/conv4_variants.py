@@ -18,12 +18,11 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
+from report import write_report  # its sibling module (benchmarks run as scripts)
 
 from edgemeta.cpu import cpu_line
 
@@ -98,11 +97,7 @@ def main(argv: list[str] | None = None) -> None:
              f"{report['date']}, {report['cpu']}. Kernels: {report['kernels']}. Median of {args.rounds} interleaved rounds "
              f"of {args.steps} steps.", "", "| variant | steps/s | vs baseline |", "|---|---|---|"]
     lines += [f"| {v} | {r['median']:.2f} | {r['vs_baseline']:.2f}x |" for v, r in report["variants"].items()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "conv4_variants.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "conv4_variants.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "conv4_variants", report, lines)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report  # its sibling module (benchmarks run as scripts)
 
 # name -> (input shape, layer): the preset's layers in order (BN folded, ReLU fused, as the converter makes them).
 LAYERS = {
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     (out / "models").mkdir(parents=True, exist_ok=True)
     build(out / "models")
     paths = [str(out / "models" / f"{i}.{q}.tflite") for i in range(len(LAYERS)) for q in ("float32", "int8")]
-    env_note = "TensorFlow blocked in the timing process"
     done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['tensorflow'] = None\n" + TIME, json.dumps(paths),
                            str(args.rounds)], capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
@@ -97,15 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     for i, name in enumerate(LAYERS):
         f32, i8 = timed["ms"][paths[2 * i]], timed["ms"][paths[2 * i + 1]]
         rows.append({"layer": name, "float32_ms": f32, "int8_ms": i8, "ratio": i8 / f32})
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": timed["cpu"], "rounds": args.rounds, "note": env_note,
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": timed["cpu"], "rounds": args.rounds,
+              "note": "TensorFlow blocked in the timing process",
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "layers": rows}
     lines = ["# int8 against float32, layer by layer (XNNPACK, 1 thread)", "", f"{report['date']}, {report['cpu']}. "
              f"Median of {args.rounds} interleaved rounds of 500 calls. Command: `{report['command']}`", "",
              "| layer | float32 (ms) | int8 (ms) | int8 / float32 |", "|---|---|---|---|"]
     lines += [f"| {r['layer']} | {r['float32_ms']:.4f} | {r['int8_ms']:.4f} | {r['ratio']:.2f} |" for r in rows]
-    (out / "int8_layers.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "int8_layers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(out, "int8_layers", report, lines)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ On a GPU, run the same command: the table says whether `--jit-compile` and `--mi
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from report import write_report  # its sibling module (benchmarks run as scripts)
 
 from edgemeta.cpu import cpu_line
 from edgemeta.train.backend import keras, tf
@@ -96,11 +95,7 @@ def main() -> None:
         cells = [f"{m:.2f}" + (f" ({m / medians['float32']:.2f}x)" if "float32" in medians and s != "float32" else "")
                  for s, m in medians.items()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "jit_compile.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "jit_compile.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "jit_compile", summary, lines)
 
 
 if __name__ == "__main__":

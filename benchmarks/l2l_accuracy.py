@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report  # its sibling module (benchmarks run as scripts)
 from training_throughput import (  # its sibling script (benchmarks run as scripts: this folder is on sys.path)
     L2L_SCRIPT,
     ROOT,
@@ -142,9 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "l2l_episodes_per_second_after_first_step": l2l["episodes_per_second"][0],
         "l2l_command": l2l["command"], "tasks": tasks,
     }
-    (out / "l2l_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "l2l_accuracy.md").write_text(report(result))
-    print(report(result))
+    write_report(out, "l2l_accuracy", result, report(result))
 
 
 def report(r: dict) -> str:

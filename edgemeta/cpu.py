@@ -58,11 +58,15 @@ def masked_flags() -> frozenset[str]:
     return frozenset(ctypes.string_at(ctypes.addressof(names)).decode().split())
 
 
-def cpu_flags(fields: dict[str, str] | None = None) -> frozenset[str]:
-    """The CPU's feature flags (x86 `flags`, Arm `features`), lower case, as this process's libraries see them
-    (without what a CPUID mask hides; /proc/cpuinfo lists what the silicon has)."""
+def silicon_flags(fields: dict[str, str] | None = None) -> frozenset[str]:
+    """The feature flags /proc/cpuinfo lists (x86 `flags`, Arm `features`), lower case: what the silicon has."""
     fields = _cpuinfo() if fields is None else fields
-    return frozenset((fields.get("flags") or fields.get("features") or "").lower().split()) - masked_flags()
+    return frozenset((fields.get("flags") or fields.get("features") or "").lower().split())
+
+
+def cpu_flags(fields: dict[str, str] | None = None) -> frozenset[str]:
+    """The CPU's feature flags as this process's libraries see them: the silicon's, less what a CPUID mask hides."""
+    return silicon_flags(fields) - masked_flags()
 
 
 def cpu_kind(flags: frozenset[str], machine: str | None = None) -> str:
@@ -109,7 +113,7 @@ def describe_cpu() -> dict[str, object]:
     model = fields.get("model name") or fields.get("hardware") or platform.processor() or "unknown"
     cpu: dict[str, object] = {"model": model, "kind": cpu_kind(flags), "machine": platform.machine(),
                               "cores": os.cpu_count(), "flags": sorted(flags & set(FLAGS_THAT_MATTER))}
-    silicon = frozenset((fields.get("flags") or "").lower().split())
+    silicon = silicon_flags(fields)
     if silicon & masked_flags():  # an AVX-512 machine standing in for an AVX2 one: say so, and what it is
         cpu["masked"] = sorted(silicon & masked_flags() & set(FLAGS_THAT_MATTER))
         cpu["silicon_kind"] = cpu_kind(silicon)

@@ -8,6 +8,7 @@ standard library and numpy load at import: board-side tests import it where Tens
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -197,3 +198,17 @@ def _assert_weights_round_trip(name: str, options: dict[str, Any], learner, data
     images = dataset.images[:16]
     np.testing.assert_allclose(backbone(images, training=False).numpy(), learner.backbone(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6, err_msg=f"{name}: embeddings after the weights round-trip")
+
+
+AVX2_ONLY = Path(__file__).resolve().parents[1] / "benchmarks" / "avx2_only"
+
+
+def cpuid_mask_unavailable() -> str | None:
+    """Why `benchmarks/avx2_only` cannot run here, or None when it can (x86-64 Linux with CPUID faulting and cc)."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return f"CPUID masking is x86-64 Linux only; this is {platform.system()} {platform.machine()}"
+    if "cpuid_fault" not in Path("/proc/cpuinfo").read_text().split():
+        return "this CPU or kernel has no CPUID faulting (no cpuid_fault flag in /proc/cpuinfo)"
+    if not shutil.which(os.environ.get("CC", "cc")):
+        return "no C compiler (cc) to build benchmarks/cpuid_mask/cpuid_mask.c"
+    return None

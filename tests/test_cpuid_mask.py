@@ -1,30 +1,17 @@
 """benchmarks/avx2_only: one process sees its x86-64 CPU as AVX2-only, so AVX2 figures are measurable anywhere
 with CPUID faulting, and training makes the oneDNN choice an AVX2-only CPU gets."""
 
+import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-AVX2_ONLY = ROOT / "benchmarks" / "avx2_only"
+from tests.harness import AVX2_ONLY, cpuid_mask_unavailable
 
-
-def _why_not() -> str | None:
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
-        return f"CPUID masking is x86-64 Linux only; this is {platform.system()} {platform.machine()}"
-    if "cpuid_fault" not in Path("/proc/cpuinfo").read_text().split():
-        return "this CPU or kernel has no CPUID faulting (no cpuid_fault flag in /proc/cpuinfo)"
-    if not shutil.which(os.environ.get("CC", "cc")):
-        return "no C compiler (cc) to build benchmarks/cpuid_mask/cpuid_mask.c"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+pytestmark = pytest.mark.skipif(cpuid_mask_unavailable() is not None, reason=cpuid_mask_unavailable() or "")
 
 
 def _masked(tmp_path, *command: str, **kwargs) -> subprocess.CompletedProcess:
@@ -44,11 +31,11 @@ def test_the_instruction_itself_reports_no_avx512_and_keeps_avx2(tmp_path):
 
 
 def test_figures_name_the_cpu_the_libraries_saw_and_the_silicon(tmp_path):
-    code = "from edgemeta.cpu import cpu_line, describe_cpu; print(describe_cpu()); print(cpu_line())"
+    code = "import json; from edgemeta.cpu import cpu_line, describe_cpu; print(json.dumps(describe_cpu())); print(cpu_line())"
     out = _masked(tmp_path, sys.executable, "-c", code)
     assert out.returncode == 0, out.stderr[-2000:]
     described, line = out.stdout.strip().splitlines()[-2:]
-    cpu = eval(described)  # a dict's repr, printed by the line above
+    cpu = json.loads(described)
     assert cpu["kind"] == "x86-64 AVX2" and "avx2" in cpu["flags"] and not any("512" in f for f in cpu["flags"])
     silicon = set(Path("/proc/cpuinfo").read_text().split())
     if "avx512f" in silicon:  # standing in for another CPU kind: the figure must say so

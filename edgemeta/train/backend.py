@@ -17,17 +17,18 @@ from edgemeta.cpu import cpu_flags, onednn_choice
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
-def _choose_onednn() -> str:
-    """Applies `edgemeta.cpu.onednn_choice` before TensorFlow is imported (it reads the variable once)."""
+def _choose_onednn() -> tuple[bool, str]:
+    """Applies `edgemeta.cpu.onednn_choice` before TensorFlow is imported (it reads the variable once). Returns
+    (whether edgemeta set the variable, why the kernels are what they are)."""
     if "tensorflow" in sys.modules:
-        return "TensorFlow's default (TensorFlow was imported before edgemeta)"
+        return False, "TensorFlow's default (TensorFlow was imported before edgemeta)"
     value, reason = onednn_choice(os.environ, cpu_flags())
     if value is not None:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = value
-    return reason
+    return value is not None, reason
 
 
-ONEDNN_CHOICE = _choose_onednn()
+ONEDNN_SET_BY_EDGEMETA, ONEDNN_CHOICE = _choose_onednn()
 # Hides TensorFlow's INFO and WARNING lines, unless the user chose a level of their own.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,7 +49,7 @@ ONEDNN_INT32_NOISE = r"^E\d{4} .*\] oneDNN supports DT_INT32 only on platforms w
 def training_stderr_filter() -> contextlib.AbstractContextManager:
     """What training runs inside: hides `ONEDNN_INT32_NOISE` when edgemeta chose oneDNN, and nothing when the
     user asked for TensorFlow's logs or chose the kernels themselves."""
-    if native_logs_wanted() or "set by edgemeta" not in ONEDNN_CHOICE:
+    if native_logs_wanted() or not ONEDNN_SET_BY_EDGEMETA:
         return contextlib.nullcontext()
     return filtered_native_stderr((ONEDNN_INT32_NOISE,))
 

@@ -6,9 +6,10 @@ not: each kind's kernels round differently (docs/benchmarks-training.md)."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from tests.harness import AVX2_ONLY, cpuid_mask_unavailable
 
 TRAIN_AND_HASH = """
 import hashlib
@@ -26,20 +27,10 @@ print(digest.hexdigest())
 """
 
 
-AVX2_ONLY = Path(__file__).resolve().parents[2] / "benchmarks" / "avx2_only"
-
-
-def _cpuid_mask_works() -> bool:
-    try:
-        return os.uname().machine == "x86_64" and "cpuid_fault" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-
-
 def _train(omniglot_dir, out, cpu):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")}
     command = [sys.executable, "-c", TRAIN_AND_HASH.format(data=str(omniglot_dir), out=str(out))]
-    if cpu == "avx2" and _cpuid_mask_works():
+    if cpu == "avx2" and cpuid_mask_unavailable() is None:
         command = [str(AVX2_ONLY), *command]  # every library sees an AVX2-only CPU
     elif cpu == "avx2":
         env["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # oneDNN's own cap on the instructions its kernels use
@@ -56,5 +47,5 @@ def test_the_recipe_trained_twice_gives_the_same_weights(omniglot_dir, tmp_path,
     assert first == second
     if os.uname().machine == "x86_64":
         assert first[0].startswith("oneDNN ("), first  # on by TensorFlow's default or by edgemeta's choice
-    if cpu == "avx2" and _cpuid_mask_works():
+    if cpu == "avx2" and cpuid_mask_unavailable() is None:
         assert "set by edgemeta" in first[0], first  # TensorFlow itself saw an AVX2-only CPU and left it off
